@@ -1,0 +1,24 @@
+# cmcl workflow: corpus -> shards -> features -> chained training steps -> evaluation -> report.
+# The DAG lives here only; dvc.yaml calls these targets. Settings: params.yaml (override with
+# `snakemake --configfile my.yaml`), cluster settings: pipeline/profiles/.
+
+from cmcl.config import check
+
+configfile: "params.yaml"
+
+config = check(config, "pipeline/schemas/params.schema.yaml", source="params.yaml")
+
+
+include: "pipeline/rules/common.smk"
+include: "pipeline/rules/shard.smk"
+include: "pipeline/rules/embed.smk"
+include: "pipeline/rules/train.smk"
+include: "pipeline/rules/evaluate.smk"
+include: "pipeline/rules/report.smk"
+
+
+rule all:
+    input:
+        "reports/metrics.json",
+        "reports/report.md",
+    default_target: True

@@ -1,0 +1,83 @@
+# Input functions and the experiment matrix; rules stay thin and declarative.
+import json
+from pathlib import Path
+
+SEQ = config["sequence"]
+METHODS = config["train"]["methods"]
+SEEDS = config["train"]["seeds"]
+STEPS = list(range(len(SEQ) + 1))
+BUILTIN_CORPORA = [n for n, c in config["corpora"].items() if c.get("builtin")]
+for _name in BUILTIN_CORPORA:
+    if Path(config["corpora"][_name]["path"]) != Path("data/raw") / _name:
+        raise ValueError(f"corpora.{_name}.path: a builtin corpus lives at data/raw/{_name}")
+
+
+wildcard_constraints:
+    task="|".join(config["tasks"]),
+    split="train|test",
+    method="[a-z0-9_]+",
+    seed=r"\d+",
+
+
+def as_json(obj):
+    """Compact, key-sorted JSON: the rule's params, so a change reruns exactly that rule."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def task_spec(name):
+    return {"name": name, **config["tasks"][name]}
+
+
+def get_corpus_dir(wildcards):
+    return config["corpora"][config["tasks"][wildcards.task]["corpus"]]["path"]
+
+
+def get_shard_cfg(wildcards):
+    t = config["tasks"][wildcards.task]
+    return as_json({"task": task_spec(wildcards.task), "corpus": config["corpora"][t["corpus"]],
+                    "shard": config["shard"]})
+
+
+def get_embed_cfg(wildcards):
+    mods = config["tasks"][wildcards.task]["modalities"]
+    enc = {m: e for m, e in config["embed"]["encoders"].items() if m in mods or m == "text"}
+    return as_json({"embed": {**config["embed"], "encoders": enc}})
+
+
+def train_features(split):
+    return [f"data/features/{t}/{split}" for t in SEQ]
+
+
+def get_step_task(wildcards):
+    return SEQ[int(wildcards.step) - 1]
+
+
+def get_train_inputs(wildcards):
+    step = int(wildcards.step)
+    return {
+        "prev": f"results/runs/{wildcards.method}/seed{wildcards.seed}/step{step - 1}",
+        "features": f"data/features/{SEQ[step - 1]}/train",
+    }
+
+
+def get_train_cfg(wildcards):
+    keys = ("model", "loss", "train", "dns")
+    return as_json({**{k: config[k] for k in keys}, "task": task_spec(get_step_task(wildcards))})
+
+
+def get_model_cfg(wildcards):
+    return as_json({"model": config["model"]})
+
+
+def get_eval_cfg(wildcards):
+    return as_json({"loss": config["loss"], "eval": config["eval"],
+                    "tasks": [task_spec(t) for t in SEQ]})
+
+
+def get_report_cfg(wildcards):
+    return as_json({"report": config["report"], "tasks": [task_spec(t) for t in SEQ]})
+
+
+def all_evals():
+    return expand("results/eval/{method}/seed{seed}/step{step}.parquet",
+                  method=METHODS, seed=SEEDS, step=STEPS)

@@ -1,0 +1,32 @@
+rule report:
+    """Accuracy matrices, continual-learning metrics, plots and report.md over all runs."""
+    input:
+        all_evals(),
+    output:
+        metrics="reports/metrics.json",
+        md="reports/report.md",
+        curves=report(
+            "reports/plots/scores_over_steps.png",
+            caption="../report/scores_over_steps.rst",
+            category="Continual learning",
+        ),
+        scatter=report(
+            "reports/plots/stability_plasticity.png",
+            caption="../report/stability_plasticity.rst",
+            category="Continual learning",
+        ),
+        matrices=report(
+            expand("reports/plots/acc_matrix_{method}.png", method=METHODS),
+            caption="../report/acc_matrix.rst",
+            category="Accuracy matrices",
+        ),
+        csv=["reports/plots/scores_over_steps.csv", "reports/plots/stability_plasticity.csv"],
+    params:
+        cfg=get_report_cfg,
+    conda:
+        "../envs/cmcl.yaml"
+    log:
+        "logs/report/report.log",
+    shell:
+        "python -m cmcl report --cfg {params.cfg:q} --evals {input} --out-dir reports "
+        "> {log} 2>&1"

@@ -1,0 +1,3 @@
+from cmcl.cli import main
+
+raise SystemExit(main())

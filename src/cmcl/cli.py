@@ -1,0 +1,148 @@
+"""`python -m cmcl <verb>`: one verb per pipeline rule, paths in, files out.
+
+Snakemake rules call these with paths from the rule and the params sections they read (as
+JSON), so every stage also runs by hand without Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _json(text: str):
+    try:
+        return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+    except (json.JSONDecodeError, OSError) as e:
+        raise argparse.ArgumentTypeError(f"not JSON (or @file with JSON): {e}") from None
+
+
+def cmd_corpus(a) -> None:
+    from cmcl.corpora.builtin import BUILTINS
+
+    c = a.cfg
+    if c.get("builtin") not in BUILTINS:
+        raise SystemExit(f"corpus: no builtin corpus '{c.get('builtin')}' ({sorted(BUILTINS)})")
+    n = BUILTINS[c["builtin"]](a.out, c.get("test_fraction", 0.2), c.get("seed", 0))
+    print(f"wrote {n} samples to {a.out}")
+
+
+def cmd_shard(a) -> None:
+    from cmcl.shards import shard_task
+
+    c = a.cfg
+    n = shard_task(c["task"], c["corpus"], a.split, a.out, c["shard"]["samples_per_shard"],
+                   c["shard"].get("max_per_class"))
+    print(f"{c['task']['name']}/{a.split}: {n} pairs -> {a.out}")
+
+
+def cmd_embed(a) -> None:
+    from cmcl.embed import embed_split
+
+    e = a.cfg["embed"]
+    n = embed_split(a.shards, a.out, e["encoders"], e.get("batch_size", 256),
+                    e.get("dtype", "float32"))
+    print(f"embedded {n} samples -> {a.out}")
+
+
+def cmd_init(a) -> None:
+    from cmcl.train import init_step
+
+    init_step(a.cfg, a.method, a.seed, a.features, a.out)
+
+
+def cmd_train(a) -> None:
+    from cmcl.train import train_step
+
+    log = train_step(a.cfg, a.method, a.seed, a.step, a.cfg["task"], a.features, a.prev, a.out)
+    print(json.dumps({k: log[k] for k in ("step", "task", "seconds", "epoch_loss")}))
+
+
+def cmd_evaluate(a) -> None:
+    from cmcl.evaluate import evaluate_step
+
+    df = evaluate_step(a.cfg, a.model, a.cfg["tasks"], a.features, a.out)
+    print(df.pivot_table(index="eval_task", columns="metric", values="value")
+          .round(3).to_string())
+
+
+def cmd_report(a) -> None:
+    from cmcl.report import build_report, collect
+
+    df = collect(a.evals)
+    build_report(df, a.cfg["tasks"], a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"))
+    print(f"report: {Path(a.out_dir) / 'report.md'}")
+
+
+def cmd_methods(a) -> None:
+    from cmcl.strategies import discover
+
+    for name, cls in sorted(discover().items()):
+        print(f"{name:12s} {cls.description}\n{'':12s} [{cls.citation}]")
+
+
+def cmd_validate(a) -> None:
+    from cmcl.config import load
+
+    p = load(a.params)
+    print(f"{a.params}: ok ({len(p['sequence'])} tasks, methods {p['train']['methods']})")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cmcl", description=__doc__)
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    def verb(name, fn, help_):
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = verb("corpus", cmd_corpus, "materialise a builtin corpus in the generic layout")
+    p.add_argument("--cfg", type=_json, required=True, help="the corpus's params entry (JSON)")
+    p.add_argument("--out", required=True)
+    p = verb("shard", cmd_shard, "write a task split as WebDataset shards")
+    p.add_argument("--cfg", type=_json, required=True, help='{"task":..,"corpus":..,"shard":..}')
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True)
+    p = verb("embed", cmd_embed, "frozen encoders: shards -> feature shards")
+    p.add_argument("--cfg", type=_json, required=True)
+    p.add_argument("--shards", required=True)
+    p.add_argument("--out", required=True)
+    for name, fn, h in (("init", cmd_init, "create the step-0 model of a run"),
+                        ("train", cmd_train, "train one step of a run")):
+        p = verb(name, fn, h)
+        p.add_argument("--cfg", type=_json, required=True)
+        p.add_argument("--method", required=True)
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--out", required=True)
+        if name == "init":
+            p.add_argument("--features", nargs="+", required=True, help="train feature dirs")
+        else:
+            p.add_argument("--step", type=int, required=True)
+            p.add_argument("--features", required=True, help="the task's train feature dir")
+            p.add_argument("--prev", required=True, help="step t-1 folder")
+    p = verb("evaluate", cmd_evaluate, "evaluate a step on every task's test split")
+    p.add_argument("--cfg", type=_json, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--features", nargs="+", required=True, help="test feature dirs, task order")
+    p.add_argument("--out", required=True)
+    p = verb("report", cmd_report, "metrics.json, plots and report.md from all evaluations")
+    p.add_argument("--cfg", type=_json, required=True)
+    p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+    verb("methods", cmd_methods, "list the registered continual-learning methods")
+    p = verb("validate", cmd_validate, "check a params file against the schema")
+    p.add_argument("params", nargs="?", default="params.yaml")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"cmcl {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    return 0

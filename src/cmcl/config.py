@@ -1,0 +1,114 @@
+"""params.yaml: load, validate against the JSON schema, and cross-check before any job runs.
+
+Every error names the offending key (dotted path) and what was expected, so a typo in a params
+file stops the workflow at start-up instead of failing a job an hour later.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[2] / "pipeline" / "schemas" / "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """A params file that cannot run; the message names the key."""
+
+
+def _path(err: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "<top level>"
+
+
+def _defaults(schema: Mapping, inst: Any, root: Mapping) -> None:
+    """Fill schema defaults in place (jsonschema validates but never fills)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    if not isinstance(inst, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in inst and "default" in sub:
+            inst[key] = copy.deepcopy(sub["default"])
+        if key in inst:
+            _defaults(sub, inst[key], root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, val in inst.items():
+            if key not in schema.get("properties", {}):
+                _defaults(extra, val, root)
+
+
+def load_schema(path: str | Path = SCHEMA) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "params") -> dict:
+    """Validate and return a defaults-filled copy; raise ParamsError naming the bad key."""
+    from cmcl.encoders import ENCODERS
+    from cmcl.strategies import discover
+
+    schema = load_schema(schema_path)
+    params = copy.deepcopy(dict(params))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params),
+                    key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {_path(e)}: {e.message}" for e in errors[:10]]
+        raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(lines))
+    _defaults(schema, params, schema)
+
+    problems = []
+    methods = discover()
+    for m in params["train"]["methods"]:
+        if m not in methods:
+            problems.append(f"train.methods: '{m}' is not a registered method "
+                            f"({sorted(methods)})")
+    for name, t in params["tasks"].items():
+        if t["corpus"] not in params["corpora"]:
+            problems.append(f"tasks.{name}.corpus: '{t['corpus']}' is not declared under "
+                            f"corpora ({sorted(params['corpora'])})")
+        for m in t["modalities"]:
+            if m not in params["embed"]["encoders"]:
+                problems.append(f"tasks.{name}.modalities: no encoder for '{m}' in "
+                                f"embed.encoders")
+        if t["modalities"][0] == t["modalities"][1]:
+            problems.append(f"tasks.{name}.modalities: a task pairs two different modalities")
+    for i, t in enumerate(params["sequence"]):
+        if t not in params["tasks"]:
+            problems.append(f"sequence[{i}]: task '{t}' is not declared under tasks "
+                            f"({sorted(params['tasks'])})")
+    if len(set(params["sequence"])) != len(params["sequence"]):
+        problems.append("sequence: a task appears twice")
+    for name, c in params["corpora"].items():
+        if not c.get("builtin") and not Path(c["path"]).is_dir():
+            problems.append(f"corpora.{name}.path: folder '{c['path']}' does not exist "
+                            "(and no `builtin` corpus is named to create it)")
+    for m, enc in params["embed"]["encoders"].items():
+        if enc in ENCODERS and ENCODERS[enc].modality != m:
+            problems.append(f"embed.encoders.{m}: encoder '{enc}' encodes "
+                            f"'{ENCODERS[enc].modality}', not '{m}'")
+    if problems:
+        raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(f"  {p}" for p in problems))
+    return params
+
+
+def load(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at top level")
+    return check(raw, schema_path, str(path))
+
+
+def task_spec(params: Mapping, name: str) -> dict:
+    """A task's settings plus its name: what shard/train/evaluate receive."""
+    return {"name": name, **params["tasks"][name]}

@@ -1,0 +1,57 @@
+"""Corpus adapters: each turns one on-disk dataset layout into a stream of canonical samples.
+
+A canonical `Sample` has an id, a split, an optional integer label and one value per modality:
+inline text, or the bytes of a file (image, audio, npy features, ...). Sharding only ever sees
+samples, so a new dataset layout is one new adapter module registered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEXT_MODALITIES = frozenset({"text"})
+
+
+@dataclass
+class Sample:
+    id: str
+    split: str
+    label: int | None
+    # modality -> (extension, payload): ("txt", str) for text, ("png", bytes) for files
+    data: dict[str, tuple[str, bytes | str]] = field(default_factory=dict)
+
+
+@dataclass
+class CorpusInfo:
+    """What every adapter reports besides its samples: class names and prompt templates."""
+
+    name: str
+    modalities: dict[str, str]  # modality -> "inline" | "file"
+    classes: list[str] | None = None
+    templates: list[str] | None = None
+
+
+Adapter = Callable[[str, Path], tuple[CorpusInfo, Callable[[], Iterator[Sample]]]]
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
+    def deco(fn: Adapter) -> Adapter:
+        ADAPTERS[name] = fn
+        return fn
+
+    return deco
+
+
+def open_corpus(name: str, path: str | Path, adapter: str = "generic"):
+    """Return (info, sample_iterator_factory) for the corpus at `path`."""
+    from cmcl.corpora import generic  # noqa: F401  (registers adapters)
+
+    if adapter not in ADAPTERS:
+        raise ValueError(f"corpus '{name}': unknown adapter '{adapter}'; known: {sorted(ADAPTERS)}")
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"corpus '{name}': folder {path} does not exist")
+    return ADAPTERS[adapter](name, path)

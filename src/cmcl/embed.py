@@ -1,0 +1,75 @@
+"""Turn a task's raw shards into feature shards with the frozen encoders (rule `embed`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cmcl.encoders import get_encoder
+from cmcl.io import atomic_dir, read_json, save_tensors, write_json
+from cmcl.shards import iter_samples, npy_bytes, write_shards
+
+
+def _payload(sample: dict, modality: str) -> tuple[str, bytes]:
+    for k, v in sample.items():
+        if k.split(".", 1)[0] == modality and "." in k:
+            return k, v
+    raise ValueError(f"{sample.get('__url__')}: sample '{sample['__key__']}' has no '{modality}' "
+                     "entry")
+
+
+def embed_split(shard_dir: str | Path, out_dir: str | Path, encoders: Mapping[str, str],
+                batch_size: int = 256, dtype: str = "float32") -> int:
+    """Encode every modality of every sample; write `<modality>.npy` feature shards."""
+    meta = read_json(Path(shard_dir) / "meta.json")
+    mods = meta["modalities"]
+    missing = [m for m in mods if m not in encoders]
+    if missing:
+        raise ValueError(f"embed.encoders: no encoder configured for modality {missing} "
+                         f"(task '{meta['task']}')")
+    enc = {m: get_encoder(encoders[m]) for m in mods}
+    samples = list(iter_samples(shard_dir))
+    feats = {}
+    for m in mods:
+        chunks = []
+        for i in tqdm(range(0, len(samples), batch_size), desc=f"embed {meta['task']}/{m}",
+                      leave=False, disable=None):
+            batch = samples[i: i + batch_size]
+            items = [_payload(s, m) for s in batch]
+            where = [f"{s['__url__']}:{s['__key__']}.{k}" for s, (k, _) in zip(batch, items,
+                                                                             strict=True)]
+            chunks.append(enc[m].encode([v for _, v in items], where))
+        feats[m] = np.concatenate(chunks).astype(dtype)
+
+    def records():
+        for i, s in enumerate(samples):
+            rec = {"__key__": s["__key__"], "json": s["json"]}
+            if "cls" in s:
+                rec["cls"] = s["cls"]
+            for m in mods:
+                rec[f"{m}.npy"] = npy_bytes(feats[m][i])
+            yield rec
+
+    out_meta = {**meta, "encoders": {m: encoders[m] for m in mods},
+                "dims": {m: int(feats[m].shape[1]) for m in mods}, "dtype": dtype}
+    with atomic_dir(out_dir) as tmp:
+        write_shards(tmp, records(), samples_per_shard=max(1, len(samples)))
+        if meta.get("classes") and "text" in encoders:
+            text_enc = enc["text"] if "text" in enc else get_encoder(encoders["text"])
+            prompts = _class_prompts(meta["classes"], meta.get("templates") or ["{}"], text_enc)
+            save_tensors(tmp / "classes.safetensors", prompts)
+        write_json(tmp / "meta.json", out_meta)
+    return len(samples)
+
+
+def _class_prompts(classes: list[str], templates: list[str], text_encoder) -> dict:
+    """Text features of every (class, template) prompt: the zero-shot classifiers' raw material."""
+    import torch
+
+    texts = [t.format(c) for c in classes for t in templates]
+    emb = text_encoder.encode(texts, [f"class prompt '{t}'" for t in texts])
+    emb = emb.reshape(len(classes), len(templates), -1)
+    return {"prompts": torch.from_numpy(emb), "class_ids": torch.arange(len(classes))}

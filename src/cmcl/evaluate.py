@@ -1,0 +1,78 @@
+"""Evaluate one step's model on the test split of every task (rule `evaluate`).
+
+Embeddings of a test set are computed once and reused by every metric. Output: long-format
+rows (run, method, seed, step, eval_task, metric, value), written as Parquet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cmcl.io import atomic_path, load_tensors
+from cmcl.losses import resolve
+from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
+from cmcl.shards import read_features
+from cmcl.train import load_model
+
+COLUMNS = ["run", "method", "seed", "step", "eval_task", "metric", "value"]
+
+
+@torch.no_grad()
+def embed(model, modality: str, x, batch_size: int = 1024, normalize: bool = True):
+    x = torch.as_tensor(x)
+    z = torch.cat([model(modality, x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
+    return F.normalize(z, dim=-1) if normalize else z
+
+
+def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
+                  normalize: bool) -> dict[str, float]:
+    a, b = task["modalities"]
+    data = read_features(test_dir)
+    bs = int(ec.get("batch_size", 1024))
+    za, zb = embed(model, a, data[a], bs, normalize), embed(model, b, data[b], bs, normalize)
+    labels = torch.from_numpy(data["labels"])
+    relevance = task.get("relevance") or ("label" if task.get("pairing") == "class" else "instance")
+    out = retrieval_metrics(za, zb, labels if relevance == "label" else None, relevance,
+                            ks=tuple(ec.get("ks", (1, 5, 10))), n_subsets=ec.get("n_subsets", 5),
+                            subset_size=ec.get("subset_size", 1000), seed=ec.get("seed", 0))
+    classes_file = Path(test_dir) / "classes.safetensors"
+    if classes_file.exists() and "text" in model.in_dims and (labels >= 0).all():
+        ct = load_tensors(classes_file)
+        keep = torch.tensor(sorted(task["classes"])) if task.get("classes") else ct["class_ids"]
+        prompts = ct["prompts"][keep]  # (C, templates, d_text)
+        pe = embed(model, "text", prompts.reshape(-1, prompts.shape[-1]), bs, True)
+        cls = F.normalize(pe.reshape(len(keep), -1, pe.shape[-1]).mean(1), dim=-1)
+        accs = []
+        for m, z in ((a, za), (b, zb)):
+            if m == "text":
+                continue
+            acc = zero_shot_accuracy(F.normalize(z, dim=-1), labels, cls, keep)
+            out[f"zs_acc_{m}"] = acc
+            accs.append(acc)
+        if accs:
+            out["zs_acc"] = sum(accs) / len(accs)
+    return out
+
+
+def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
+                  test_dirs: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
+    """All metrics of one step on every task; writes Parquet atomically."""
+    model, meta = load_model(step_dir)
+    model.eval()
+    normalize = resolve(cfg.get("loss", {}))["normalize"]
+    rows = []
+    run = f"{meta['method']}_s{meta['seed']}"
+    for task, test_dir in zip(tasks, test_dirs, strict=True):
+        for metric, value in evaluate_task(model, task, test_dir, cfg.get("eval", {}),
+                                           normalize).items():
+            rows.append((run, meta["method"], int(meta["seed"]), int(meta["step"]),
+                         task["name"], metric, float(value)))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    with atomic_path(out) as tmp:
+        df.to_parquet(tmp, index=False)
+    return df

@@ -1,0 +1,272 @@
+"""Turn long-format evaluation results into DVC metrics, figures and a Markdown report.
+
+Every statistic is computed per run (one run = one seed) and only then averaged across seeds,
+so the reported std is the seed-to-seed spread, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cmcl.io import atomic_path, write_json
+from cmcl.metrics import accuracy_matrix, continual_metrics
+
+REQUIRED_COLUMNS = ("run", "method", "seed", "step", "eval_task", "metric", "value")
+STATS = ("final_avg", "avg_inc", "bwt", "fwt", "forgetting", "mtil_transfer", "mtil_avg")
+TASK_KEYS = ("name", "corpus", "modalities", "pairing", "relevance")
+RELEVANCE_TEXT = {"instance": "instance (hit = paired item)",
+                  "label": "label-aware (hit = same class)"}
+
+
+def collect(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Concatenate eval Parquet files, failing early on a file that lacks the schema."""
+    frames = []
+    for path in paths:
+        frame = pd.read_parquet(path)
+        missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: missing required columns {missing}")
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(REQUIRED_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and std over finite values; ddof=1 needs two seeds, one seed gives std 0."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1 if x.size > 1 else 0))
+
+
+def _pct(x: float) -> float | None:
+    return None if math.isnan(x) else round(100 * x, 4)
+
+
+def _cell_stats(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Element-wise seed mean/std of a (runs, T+1, T) stack of matrices."""
+    pairs = np.apply_along_axis(lambda v: np.array(_mean_std(v)), 0, stack)
+    return pairs[0], pairs[1]
+
+
+def _validate(df: pd.DataFrame, tasks: Sequence[Mapping], main_metric: str) -> None:
+    if df.empty:
+        raise ValueError("build_report: no evaluation rows (empty DataFrame)")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"build_report: DataFrame is missing columns {missing}")
+    if not tasks:
+        raise ValueError("build_report: the task sequence is empty")
+    for i, task in enumerate(tasks):
+        absent = [k for k in TASK_KEYS if k not in task]
+        if absent:
+            raise ValueError(f"build_report: task {i} is missing keys {absent}")
+    names = [t["name"] for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"build_report: duplicate task names in {names}")
+    if df["method"].isna().any():
+        raise ValueError("build_report: some rows have no method")
+    for method, rows in df.groupby("method"):
+        hit = rows[(rows["metric"] == main_metric) & rows["eval_task"].isin(names)]
+        if hit.empty:
+            raise ValueError(f"build_report: method {method!r} has no {main_metric!r} rows "
+                             f"for tasks {names}")
+
+
+def _file_stem(method: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", method)
+
+
+def _step_labels(names: Sequence[str]) -> list[str]:
+    return ["0 (zero-shot)"] + [f"{s}: {n}" for s, n in enumerate(names, start=1)]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)  # render with Agg explicitly: no display, no global pyplot state
+    return fig
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def _save_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _plot_matrix(mean: np.ndarray, names: Sequence[str], title: str, path: Path) -> None:
+    n_tasks = len(names)
+    fig = _new_figure(max(4.5, 1.3 * n_tasks + 3), max(3.0, 0.5 * (n_tasks + 1) + 1.5))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for (s, j), v in np.ndenumerate(mean):
+        text = "n/a" if np.isnan(v) else f"{v:.1f}"
+        ax.text(j, s, text, ha="center", va="center", color="white" if v < 60 else "black")
+    ax.set_xticks(range(n_tasks), names, rotation=30, ha="right")
+    ax.set_yticks(range(n_tasks + 1), _step_labels(names))
+    ax.set(xlabel="evaluated task", ylabel="after step", title=title)
+    fig.colorbar(image, ax=ax, label="%")
+    _save_png(fig, path)
+
+
+def _plot_over_steps(curves: pd.DataFrame, names: Sequence[str], metric: str, path: Path) -> None:
+    ncols = min(len(names), 3)
+    nrows = math.ceil(len(names) / ncols)
+    fig = _new_figure(4.0 * ncols, 3.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        for method, rows in curves[curves["task"] == name].groupby("method", sort=True):
+            (line,) = ax.plot(rows["step"], rows["value"], marker="o", label=method)
+            band = rows["std"].fillna(0)
+            ax.fill_between(rows["step"], rows["value"] - band, rows["value"] + band,
+                            color=line.get_color(), alpha=0.2)
+        ax.axvline(j + 1, color="grey", linestyle=":", linewidth=1)  # step that trains it
+        ax.set(title=name, xlabel="step", ylabel=f"{metric} (%)")
+        ax.set_xticks(range(len(names) + 1))
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="small")
+    _save_png(fig, path)
+
+
+def _plot_stability(points: pd.DataFrame, metric: str, path: Path) -> None:
+    fig = _new_figure(5.0, 4.0)
+    ax = fig.add_subplot()
+    ax.scatter(points["bwt"], points["final_avg"])
+    for row in points.itertuples():
+        ax.annotate(row.method, (row.bwt, row.final_avg), xytext=(4, 4),
+                    textcoords="offset points")
+    ax.axvline(0, color="grey", linestyle=":", linewidth=1)  # right of it: no forgetting
+    ax.margins(0.15)  # room for the point labels
+    ax.set(xlabel=f"BWT of {metric} (%)", ylabel=f"final average {metric} (%)",
+           title="Stability vs plasticity")
+    _save_png(fig, path)
+
+
+def _fmt(entry: Mapping, key: str, one_seed: bool) -> str:
+    mean, std = entry.get(key), entry.get(f"{key}_std")
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f}" if one_seed or std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _markdown(tasks: Sequence[Mapping], metrics: dict, means: dict[str, np.ndarray],
+              main_metric: str, has_zs: bool) -> str:
+    names = [t["name"] for t in tasks]
+    out = ["# Continual multimodal contrastive learning: evaluation report", "", "## Tasks", ""]
+    out += _md_table(
+        ["Step", "Task", "Corpus", "Modalities", "Pairing", "Retrieval relevance"],
+        [[str(s), t["name"], str(t["corpus"]), " ↔ ".join(map(str, t["modalities"])),
+          str(t["pairing"]), RELEVANCE_TEXT.get(t["relevance"], str(t["relevance"]))]
+         for s, t in enumerate(tasks, start=1)])
+    header = ["Method", "Acc", "BWT", "R@1", "R@5", "R@10", "BWT_R10"]
+    keys = [f"{main_metric}_final_avg", f"{main_metric}_bwt", "r1_final_avg", "r5_final_avg",
+            "r10_final_avg", "r10_bwt"]
+    if has_zs:
+        header.append("ZS-Acc")
+        keys.append("zs_acc_final_avg")
+    rows = [[m] + [_fmt(e, k, e["n_seeds"] == 1) for k in keys] for m, e in metrics.items()]
+    seeds = sorted({e["n_seeds"] for e in metrics.values()})
+    if len(seeds) == 1:
+        seed_text = f"{seeds[0]} seed" + ("s" if seeds[0] > 1 else "")
+    else:
+        seed_text = "seeds per method: " + ", ".join(
+            f"{m} {e['n_seeds']}" for m, e in metrics.items())
+    out += ["", "## Main results", ""] + _md_table(header, rows) + [
+        "",
+        f"Acc is the final average of `{main_metric}` over all {len(names)} tasks after the "
+        f"last step; BWT is its backward transfer; R@k are final averages (mean of both "
+        f"directions), BWT_R10 the backward transfer of R@10"
+        + (", ZS-Acc the final average zero-shot accuracy" if has_zs else "")
+        + f". Values in percent, mean ± std over {seed_text}.",
+        "", "## Figures", "",
+        "![Stability vs plasticity](plots/stability_plasticity.png)", "",
+        f"![{main_metric} over steps](plots/scores_over_steps.png)", "",
+        "## Accuracy matrices", "",
+        f"`{main_metric}` in percent, mean over seeds; rows = after step, columns = task.", ""]
+    for method, mean in means.items():
+        out += [f"### {method}", "", f"![{method}](plots/acc_matrix_{_file_stem(method)}.png)", ""]
+        cells = [[label] + ["n/a" if np.isnan(v) else f"{v:.2f}" for v in row]
+                 for label, row in zip(_step_labels(names), mean, strict=True)]
+        out += _md_table(["Step"] + names, cells) + [""]
+    return "\n".join(out)
+
+
+def build_report(df: pd.DataFrame, tasks: Sequence[Mapping], out_dir: str | Path,
+                 main_metric: str = "map") -> dict:
+    """Write metrics.json, plots/ and report.md under out_dir; return the metrics dict.
+
+    metrics.json holds {method: {"<metric>_<stat>": mean, "..._std": std, "n_seeds": k}} in
+    percent so DVC diffs read like the paper's tables.
+    """
+    _validate(df, tasks, main_metric)
+    out_dir, names = Path(out_dir), [t["name"] for t in tasks]
+    plots = out_dir / "plots"
+    present = set(df["metric"])
+    metric_names = [m for m in dict.fromkeys((main_metric, "r1", "r5", "r10", "zs_acc"))
+                    if m in present]
+    methods = sorted(df["method"].unique(), key=str)
+    stems = [_file_stem(str(m)) for m in methods]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"build_report: method names collide as file names: {methods}")
+
+    metrics: dict[str, dict] = {}
+    means: dict[str, np.ndarray] = {}
+    curves, points = [], []
+    for method in methods:
+        rows = df[df["method"] == method]
+        runs = sorted(rows["run"].unique(), key=str)
+        entry: dict = {}
+        mats = {metric: [accuracy_matrix(rows[rows["run"] == r], metric, names) for r in runs]
+                for metric in metric_names}
+        for metric, per_metric in mats.items():
+            per_run = [continual_metrics(a) for a in per_metric]
+            for stat in STATS:
+                mean, std = _mean_std([p[stat] for p in per_run])
+                entry[f"{metric}_{stat}"], entry[f"{metric}_{stat}_std"] = _pct(mean), _pct(std)
+        entry["n_seeds"] = len(runs)
+        mean_m, std_m = _cell_stats(100 * np.stack(mats[main_metric]))
+        metrics[str(method)] = entry
+        means[str(method)] = mean_m
+        for (s, j), v in np.ndenumerate(mean_m):
+            curves.append(dict(method=method, task=names[j], step=s, value=v, std=std_m[s, j]))
+        points.append(dict(method=method, final_avg=entry[f"{main_metric}_final_avg"],
+                           bwt=entry[f"{main_metric}_bwt"]))
+        long = pd.DataFrame([dict(step=s, task=names[j], value=v)
+                             for (s, j), v in np.ndenumerate(mean_m)])
+        stem = f"acc_matrix_{_file_stem(str(method))}"  # not with_suffix: names may hold "."
+        _save_csv(long, plots / f"{stem}.csv")
+        _plot_matrix(mean_m, names, f"{method}: {main_metric} (%)", plots / f"{stem}.png")
+
+    curves_df = pd.DataFrame(curves)
+    _save_csv(curves_df, plots / "scores_over_steps.csv")
+    _plot_over_steps(curves_df, names, main_metric, plots / "scores_over_steps.png")
+    points_df = pd.DataFrame(points).astype({"final_avg": float, "bwt": float})
+    _save_csv(points_df, plots / "stability_plasticity.csv")
+    _plot_stability(points_df, main_metric, plots / "stability_plasticity.png")
+
+    write_json(out_dir / "metrics.json", metrics)
+    text = _markdown(tasks, metrics, means, main_metric, "zs_acc" in metric_names)
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(text + "\n")
+    return metrics

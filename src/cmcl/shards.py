@@ -1,0 +1,172 @@
+"""WebDataset shards: task pairs in, tars + sizes.json out; and the one reader of feature shards.
+
+A task shard sample holds both modalities of the pair (`<modality>.<ext>`), the class (`cls`)
+and provenance (`json`: the corpus ids of both sides). Dataset length comes from sizes.json
+beside the tars, as in open_clip.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from cmcl.corpora import Sample, open_corpus
+from cmcl.io import atomic_dir, read_json, write_json
+
+KEY_OK = re.compile(r"[^A-Za-z0-9_+-]")
+
+
+def task_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int = 0,
+               max_per_class: int | None = None) -> list[tuple[str, int | None, dict]]:
+    """Form the (key, label, {modality: (ext, payload)}) pairs of one task split.
+
+    pairing "sample": both modalities come from the same corpus row.
+    pairing "class": items of modality a and b with the same label are matched; the smaller
+    side is cycled so that every item of the larger side appears once (seeded shuffle).
+    """
+    a, b = task["modalities"]
+    classes = task.get("classes")
+    keep = set(classes) if classes else None
+    rows = [s for s in samples if s.split == split and (keep is None or s.label in keep)]
+    if task.get("pairing", "sample") == "sample":
+        out = [(s.id, s.label, {a: s.data[a], b: s.data[b]}) for s in rows
+               if a in s.data and b in s.data]
+        return _cap(out, max_per_class)
+    rng = np.random.default_rng(seed)
+    side: dict[str, dict[int, list[Sample]]] = {a: defaultdict(list), b: defaultdict(list)}
+    for s in rows:
+        if s.label is None:
+            raise ValueError(f"task '{task['name']}': pairing by class needs labels; "
+                             f"sample '{s.id}' has none")
+        for m in (a, b):
+            if m in s.data:
+                side[m][s.label].append(s)
+    out = []
+    for label in sorted(set(side[a]) & set(side[b])):
+        xs, ys = side[a][label], side[b][label]
+        xs = [xs[i] for i in rng.permutation(len(xs))]
+        ys = [ys[i] for i in rng.permutation(len(ys))]
+        n = max(len(xs), len(ys))
+        for i in range(n):
+            sa, sb = xs[i % len(xs)], ys[i % len(ys)]
+            out.append((f"{sa.id}+{sb.id}", label, {a: sa.data[a], b: sb.data[b]}))
+    return _cap(out, max_per_class)
+
+
+def _cap(pairs: list, max_per_class: int | None) -> list:
+    if max_per_class is None:
+        return pairs
+    seen: dict = defaultdict(int)
+    kept = []
+    for p in pairs:
+        if seen[p[1]] < max_per_class:
+            seen[p[1]] += 1
+            kept.append(p)
+    return kept
+
+
+def write_shards(out_dir: str | Path, records: Iterable[dict], samples_per_shard: int,
+                 prefix: str = "") -> dict[str, int]:
+    """Write WebDataset tars `<prefix>NNNNNN.tar` + sizes.json into `out_dir`.
+
+    Callers wrap this in `atomic_dir`, so the folder appears only once complete.
+    """
+    out_dir = Path(out_dir)
+    sizes: dict[str, int] = {}
+    writer, count, shard = None, 0, -1
+    for rec in records:
+        if writer is None or count == samples_per_shard:
+            if writer is not None:
+                writer.close()
+            shard += 1
+            name = f"{prefix}{shard:06d}.tar"
+            writer, count = wds.TarWriter(str(out_dir / name)), 0
+            sizes[name] = 0
+        writer.write(rec)
+        count += 1
+        sizes[name] += 1
+    if writer is not None:
+        writer.close()
+    write_json(out_dir / "sizes.json", sizes)
+    return sizes
+
+
+def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
+               samples_per_shard: int = 1000, max_per_class: int | None = None) -> int:
+    """Shard one task split from its corpus; an empty split is an error, not an empty file."""
+    info, samples = open_corpus(task["corpus"], corpus["path"], corpus.get("adapter", "generic"))
+    for m in task["modalities"]:
+        if m not in info.modalities:
+            raise ValueError(f"task '{task['name']}': corpus '{task['corpus']}' has no modality "
+                             f"'{m}' (it has {sorted(info.modalities)})")
+    pairs = task_pairs(task, samples(), split, corpus.get("seed", 0), max_per_class)
+    if not pairs:
+        raise ValueError(f"task '{task['name']}': split '{split}' of corpus '{task['corpus']}' "
+                         f"has no sample with both {task['modalities']}")
+
+    def records() -> Iterator[dict]:
+        for key, label, data in pairs:
+            rec = {"__key__": KEY_OK.sub("_", key), "json": {"id": key, "label": label}}
+            if label is not None:
+                rec["cls"] = label
+            for m, (ext, payload) in data.items():
+                rec[f"{m}.{ext}"] = payload
+            yield rec
+
+    meta = {"task": task["name"], "split": split, "modalities": list(task["modalities"]),
+            "count": len(pairs), "classes": info.classes, "templates": info.templates}
+    with atomic_dir(out_dir) as tmp:
+        write_shards(tmp, records(), samples_per_shard)
+        write_json(tmp / "meta.json", meta)
+    return len(pairs)
+
+
+def shard_urls(directory: str | Path) -> list[str]:
+    directory = Path(directory)
+    sizes = read_json(directory / "sizes.json")
+    missing = [n for n in sizes if not (directory / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{directory}: shards listed in sizes.json are missing: {missing}")
+    return [str(directory / n) for n in sorted(sizes)]
+
+
+def iter_samples(directory: str | Path) -> Iterator[dict]:
+    """Raw samples of a shard folder in a fixed order (no shuffling: callers decide)."""
+    ds = wds.WebDataset(shard_urls(directory), shardshuffle=False, empty_check=False)
+    yield from ds
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(payload: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{where}: not a readable .npy array ({e})") from None
+
+
+def read_features(directory: str | Path) -> dict:
+    """Load a feature-shard folder into memory: {modality: float32 array (n, d)}, labels, keys."""
+    meta = read_json(Path(directory) / "meta.json")
+    mods = meta["modalities"]
+    feats: dict[str, list] = {m: [] for m in mods}
+    labels, keys = [], []
+    for s in iter_samples(directory):
+        for m in mods:
+            if f"{m}.npy" not in s:
+                raise ValueError(f"{directory}: sample '{s['__key__']}' lacks '{m}.npy'")
+            feats[m].append(load_npy(s[f"{m}.npy"], f"{s['__url__']}:{s['__key__']}.{m}.npy"))
+        labels.append(int(s["cls"]) if "cls" in s else -1)
+        keys.append(s["__key__"])
+    return {"meta": meta, "keys": keys, "labels": np.asarray(labels, dtype=np.int64),
+            **{m: np.stack(v).astype(np.float32) for m, v in feats.items()}}

@@ -1,0 +1,260 @@
+"""Feature covariances and null-space projectors shared by DNS, GPM and Adam-NSCL.
+
+A head W_m (d_out x d_in) keeps old tasks intact if its update G does not move outputs for
+inputs in the old input subspace, as seen from the old partner embeddings: DNS uses
+G - P_out G P_in. We persist covariances (not projectors) so thresholds can be swept later.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from cmcl.io import load_tensors, read_json, save_tensors, write_json
+
+THRESHOLD_MODES = ("absolute", "relative", "energy")
+SIDES = ("in", "out")
+
+
+class RunningCovariance:
+    """Uncentered second moment sum(x xᵀ) and count, accumulated in float64, batch by batch."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.total = torch.zeros(dim, dim, dtype=torch.float64)
+        self.count = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features of shape (n, {self.dim}), got {tuple(x.shape)}")
+        x = x.detach().to("cpu", torch.float64)  # float32 sums over millions of rows drift
+        self.total += x.T @ x
+        self.count += x.shape[0]
+
+    def merge(self, other: RunningCovariance) -> None:
+        """Add another accumulator, e.g. from another process, as if its rows were seen here."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge covariance of dim {other.dim} into dim {self.dim}")
+        self.total += other.total
+        self.count += other.count
+
+    def matrix(self, count: int | None = None) -> torch.Tensor:
+        n = self.count if count is None else count
+        return self.total / n if n > 0 else torch.zeros_like(self.total)
+
+
+def spectrum(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigh with eigenvalues descending; rounding can make a PSD matrix look slightly indefinite."""
+    cov = cov.to(torch.float64)
+    vals, vecs = torch.linalg.eigh((cov + cov.T) / 2)
+    return vals.flip(0).clamp_min(0), vecs.flip(1)
+
+
+def select_rank(eigvals: torch.Tensor, mode: str, threshold: float) -> int:
+    """Subspace dimension kept for a descending, non-negative spectrum."""
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"unknown threshold mode {mode!r}; allowed: {', '.join(THRESHOLD_MODES)}")
+    if math.isnan(threshold) or threshold < 0 or (mode == "energy" and not 0 < threshold <= 1):
+        allowed = "a value in (0, 1]" if mode == "energy" else "a value >= 0"
+        raise ValueError(f"invalid {mode} threshold {threshold}; allowed: {allowed}")
+    if eigvals.numel() == 0 or float(eigvals[0]) <= 0:
+        return 0
+    if mode == "absolute":
+        return int((eigvals > threshold).sum())
+    if mode == "relative":
+        return int((eigvals > threshold * eigvals[0]).sum())
+    cum = eigvals.cumsum(0)
+    # dividing by cum[-1] (not sum()) makes the ratio exactly 1 once only zeros remain
+    return min(int((cum / cum[-1] < threshold).sum()) + 1, eigvals.numel())
+
+
+class Projector:
+    """Orthogonal projector P = U Uᵀ onto a k-dim subspace of R^d, stored as a basis.
+
+    When k > d/2 we store the complement basis V and use P g = g - V (Vᵀ g), so applying P
+    costs O(d·m·min(k, d-k)) and identity/zero projectors cost nothing.
+    """
+
+    def __init__(self, eigvecs: torch.Tensor, rank: int):
+        d = eigvecs.shape[0]
+        if eigvecs.shape != (d, d) or not 0 <= rank <= d:
+            raise ValueError(f"need square eigvecs and 0 <= rank <= d, got "
+                             f"{tuple(eigvecs.shape)} and rank {rank}")
+        complement = rank > d / 2
+        self._set(eigvecs[:, rank:] if complement else eigvecs[:, :rank], complement)
+
+    def _set(self, basis: torch.Tensor, complement: bool) -> None:
+        self.basis, self.complement = basis.contiguous(), complement
+        self.dim = basis.shape[0]
+        self.rank = self.dim - basis.shape[1] if complement else basis.shape[1]
+
+    @classmethod
+    def _of(cls, basis: torch.Tensor, complement: bool) -> Projector:
+        p = cls.__new__(cls)
+        p._set(basis, complement)
+        return p
+
+    @classmethod
+    def from_covariance(cls, cov: torch.Tensor, mode: str, threshold: float) -> Projector:
+        vals, vecs = spectrum(cov)
+        return cls(vecs, select_rank(vals, mode, threshold))
+
+    @classmethod
+    def identity(cls, d: int) -> Projector:
+        return cls._of(torch.zeros(d, 0, dtype=torch.float64), complement=True)
+
+    @classmethod
+    def zero(cls, d: int) -> Projector:
+        return cls._of(torch.zeros(d, 0, dtype=torch.float64), complement=False)
+
+    def __repr__(self) -> str:
+        return f"Projector(dim={self.dim}, rank={self.rank})"
+
+    def matrix(self) -> torch.Tensor:
+        """Dense (d, d) matrix, for tests and inspection only."""
+        b = self.basis
+        bbt = b @ b.T
+        return torch.eye(self.dim, dtype=b.dtype, device=b.device) - bbt if self.complement else bbt
+
+    def left(self, g: torch.Tensor) -> torch.Tensor:
+        """P @ g for g of shape (d, m)."""
+        if g.ndim != 2 or g.shape[0] != self.dim:
+            raise ValueError(f"projector of dim {self.dim} cannot left-multiply {tuple(g.shape)}")
+        if self.basis.shape[1] == 0:
+            return g if self.complement else torch.zeros_like(g)
+        b = self.basis.to(g)
+        pg = b @ (b.T @ g)
+        return g - pg if self.complement else pg
+
+    def right(self, g: torch.Tensor) -> torch.Tensor:
+        """g @ P for g of shape (m, d); P is symmetric so this is (P gᵀ)ᵀ."""
+        if g.ndim != 2 or g.shape[1] != self.dim:
+            raise ValueError(f"projector of dim {self.dim} cannot right-multiply {tuple(g.shape)}")
+        return self.left(g.T).T
+
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> Projector:
+        return Projector._of(self.basis.to(device=device, dtype=dtype), self.complement)
+
+
+def null_space_update(g: torch.Tensor, p_out: Projector, p_in: Projector) -> torch.Tensor:
+    """g - P_out g P_in without dense projectors: the part of g that changes no old response.
+
+    Pass Projector.identity on one side for a one-sided (GPM / Adam-NSCL style) projection.
+    """
+    if g.ndim != 2 or g.shape != (p_out.dim, p_in.dim):
+        raise ValueError(f"update of shape {tuple(g.shape)} does not match projectors "
+                         f"(out {p_out.dim}, in {p_in.dim})")
+    return g - p_out.left(p_in.right(g))
+
+
+class SubspaceState:
+    """Per-modality input and partner-output covariances over all past tasks.
+
+    This is what training step t saves and step t+1 loads. Projectors are re-derived from it
+    with any thresholds, so threshold sweeps need no retraining.
+    """
+
+    def __init__(self, in_dims: dict[str, int], out_dim: int, faithful_counts: bool = False):
+        self.in_dims, self.out_dim, self.faithful_counts = dict(in_dims), out_dim, faithful_counts
+        self.in_cov = {m: RunningCovariance(d) for m, d in self.in_dims.items()}
+        self.out_cov = {m: RunningCovariance(out_dim) for m in self.in_dims}
+        self.global_count = 0
+        self.history: list[dict] = []
+
+    def _acc(self, modality: str, side: str) -> RunningCovariance:
+        if side not in SIDES:
+            raise ValueError(f"unknown side {side!r}; allowed: {', '.join(SIDES)}")
+        if modality not in self.in_dims:
+            raise KeyError(f"unknown modality {modality!r}; known: {', '.join(self.in_dims)}")
+        return (self.in_cov if side == "in" else self.out_cov)[modality]
+
+    def update_inputs(self, modality: str, x: torch.Tensor) -> None:
+        self._acc(modality, "in").update(x)
+
+    def update_outputs(self, modality: str, z_partner: torch.Tensor) -> None:
+        self._acc(modality, "out").update(z_partner)
+
+    def end_task(self, step: int, task: str, modalities: list[str], pairs: int) -> None:
+        self.history.append({"step": step, "task": task, "modalities": list(modalities),
+                             "pairs": pairs})
+        self.global_count += pairs
+
+    def covariance(self, modality: str, side: str) -> torch.Tensor:
+        """Mean of x xᵀ per modality; faithful_counts divides by the global pair count instead,
+        as the DNS authors do, which shrinks covariances of modalities first seen late."""
+        acc = self._acc(modality, side)
+        return acc.matrix(self.global_count if self.faithful_counts else None)
+
+    def projector(self, modality: str, side: str, mode: str, threshold: float) -> Projector:
+        return Projector.from_covariance(self.covariance(modality, side), mode, threshold)
+
+    def seen(self, modality: str, side: str) -> bool:
+        return self._acc(modality, side).count > 0
+
+    def _counts(self) -> dict[str, dict[str, int]]:
+        return {"in": {m: c.count for m, c in self.in_cov.items()},
+                "out": {m: c.count for m, c in self.out_cov.items()}}
+
+    def save(self, directory: str | Path) -> None:
+        """Write subspace.safetensors then subspace.json. Each write is atomic; the count
+        tensors let load() detect a pair of files left by two different saves."""
+        directory = Path(directory)
+        tensors: dict[str, torch.Tensor] = {}
+        for side, counts in self._counts().items():
+            for m, n in counts.items():
+                tensors[f"{side}/{m}"] = self._acc(m, side).total
+                tensors[f"count/{side}/{m}"] = torch.tensor(n, dtype=torch.int64)
+        save_tensors(directory / "subspace.safetensors", tensors)
+        write_json(directory / "subspace.json", {
+            "in_dims": self.in_dims, "out_dim": self.out_dim, "counts": self._counts(),
+            "global_count": self.global_count, "faithful_counts": self.faithful_counts,
+            "history": self.history})
+
+    @classmethod
+    def load(cls, directory: str | Path, in_dims: dict[str, int] | None = None,
+             out_dim: int | None = None) -> SubspaceState:
+        """Restore a saved state, checking it against the model's dims when they are given.
+
+        Modalities in in_dims but not in the file start empty (they appear later in the task
+        sequence); modalities in the file but not in in_dims are an error.
+        """
+        json_path = Path(directory) / "subspace.json"
+        tensor_path = Path(directory) / "subspace.safetensors"
+        meta = read_json(json_path)
+        missing = {"in_dims", "out_dim", "counts", "global_count", "faithful_counts",
+                   "history"} - set(meta)
+        if missing:
+            raise ValueError(f"{json_path}: missing keys {sorted(missing)}")
+        saved_in, saved_out = meta["in_dims"], meta["out_dim"]
+        if out_dim is not None and out_dim != saved_out:
+            raise ValueError(f"{json_path}: output dim is {saved_out} in the saved state "
+                             f"but {out_dim} in the model")
+        if in_dims is not None:
+            extra = sorted(set(saved_in) - set(in_dims))
+            if extra:
+                raise ValueError(f"{json_path}: saved modalities {extra} are not in the model "
+                                 f"(model modalities: {sorted(in_dims)})")
+            for m, d in saved_in.items():
+                if in_dims[m] != d:
+                    raise ValueError(f"{json_path}: modality {m!r} input dim is {d} in the "
+                                     f"saved state but {in_dims[m]} in the model")
+        state = cls({**saved_in, **(in_dims or {})}, saved_out, meta["faithful_counts"])
+        tensors = load_tensors(tensor_path)
+        for side in SIDES:
+            for m in saved_in:
+                acc, key = state._acc(m, side), f"{side}/{m}"
+                total, count = tensors.get(key), tensors.get(f"count/{key}")
+                if total is None or total.shape != (acc.dim, acc.dim):
+                    shape = None if total is None else tuple(total.shape)
+                    raise ValueError(f"{tensor_path}: tensor {key!r} has shape {shape}, "
+                                     f"expected {(acc.dim, acc.dim)} from {json_path.name}")
+                n = meta["counts"].get(side, {}).get(m)
+                if count is None or int(count) != n:
+                    raise ValueError(f"{tensor_path}: count for {key!r} disagrees with "
+                                     f"{json_path.name} ({n}); files are from different saves")
+                acc.total, acc.count = total.to(torch.float64), n
+        state.global_count, state.history = meta["global_count"], list(meta["history"])
+        return state

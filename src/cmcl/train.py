@@ -1,0 +1,155 @@
+"""One continual-learning step under Accelerate: load step t-1, train on task t, save step t.
+
+The loop is written out top to bottom (nanoGPT style); methods act only through the hooks of
+cmcl.strategies. The same code runs as `python -m cmcl train` on one CPU and under
+`accelerate launch -m cmcl train` on N GPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from cmcl.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from cmcl.losses import info_nce, resolve
+from cmcl.models import MultiHead
+from cmcl.shards import read_features
+from cmcl.strategies import Strategy, TaskContext, get_strategy
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Content hash of a model's weights: lets tests and users verify that steps chain."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(step_dir: str | Path) -> tuple[MultiHead, dict]:
+    """Rebuild a step's model from its meta.json and safetensors weights (no pickle)."""
+    step_dir = Path(step_dir)
+    meta = read_json(step_dir / "meta.json")
+    mc = meta["model"]
+    model = MultiHead(mc["in_dims"], mc["embed_dim"], mc["bias"])
+    state = load_tensors(step_dir / "model.safetensors")
+    model.check_state(state, str(step_dir / "model.safetensors"))
+    model.load_state_dict(state)
+    return model, meta
+
+
+def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
+              out_dir: str | Path) -> None:
+    """Step 0: the untrained model every run starts from (its evaluation is the zero-shot row)."""
+    in_dims: dict[str, int] = {}
+    for d in feature_dirs:
+        for m, dim in read_json(Path(d) / "meta.json")["dims"].items():
+            if in_dims.setdefault(m, dim) != dim:
+                raise ValueError(f"{d}/meta.json: modality '{m}' has dim {dim}, another task "
+                                 f"has {in_dims[m]}: one encoder per modality is required")
+    mc = cfg["model"]
+    model = MultiHead(in_dims, mc["embed_dim"], mc.get("bias", False))
+    model.reset(mc.get("init", "orthogonal"), seed)
+    with atomic_dir(out_dir) as tmp:
+        save_tensors(tmp / "model.safetensors", model.state_dict())
+        write_json(tmp / "meta.json", {"step": 0, "task": None, "method": method, "seed": seed,
+                                       "model": model.config(), "tasks_seen": [],
+                                       "log": {"final_digest": weights_digest(model)}})
+
+
+def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: int, seed: int,
+             xa: torch.Tensor, xb: torch.Tensor, labels: torch.Tensor,
+             acc: Accelerator | None = None) -> tuple[MultiHead, dict]:
+    """The training loop of one task on in-memory features; returns the unwrapped model and log.
+
+    Usable without any files (tests, sweeps): the strategy's state must already be loaded.
+    """
+    tc = cfg["train"]
+    acc = acc or Accelerator(cpu=tc.get("cpu", False))
+    a, b = task["modalities"]
+    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    loader = DataLoader(TensorDataset(xa, xb, labels), batch_size=tc["batch_size"],
+                        shuffle=True, generator=gen, drop_last=len(xa) > tc["batch_size"])
+    params = [p for m in (a, b) for p in model.heads[m].parameters()]
+    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
+    model, opt, loader = acc.prepare(model, opt, loader)
+    raw = acc.unwrap_model(model)
+    ctx = TaskContext(step, task["name"], (a, b), raw,
+                      {a: xa.to(acc.device), b: xb.to(acc.device), "labels": labels}, cfg)
+    lc = resolve(cfg.get("loss", {}))
+    method = strategy.name
+
+    strategy.before_task(ctx)
+    model.train()
+    losses, t0 = [], time.time()
+    for epoch in tqdm(range(tc["epochs"]), desc=f"step {step} {task['name']} [{method}]",
+                      disable=not acc.is_local_main_process):
+        total, n = 0.0, 0
+        for xa_b, xb_b, y_b in loader:
+            emb = {a: model(a, xa_b), b: model(b, xb_b)}
+            loss = info_nce(emb[a], emb[b], **lc)
+            extra = strategy.extra_loss(ctx, {a: xa_b, b: xb_b, "labels": y_b}, emb)
+            if extra is not None:
+                loss = loss + extra
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step} ({task['name']}, {method}): loss is "
+                                         f"{loss.item()} at epoch {epoch}; lower train.lr")
+            acc.backward(loss)
+            if tc.get("grad_clip"):
+                acc.clip_grad_norm_(params, tc["grad_clip"])
+            strategy.before_optimizer_step(ctx)
+            opt.step()
+            strategy.after_optimizer_step(ctx)
+            opt.zero_grad(set_to_none=True)
+            total, n = total + loss.item() * len(xa_b), n + len(xa_b)
+        losses.append(total / max(n, 1))
+    model.eval()
+    strategy.after_task(ctx)
+    log = {"step": step, "task": task["name"], "method": method, "seed": seed,
+           "epoch_loss": losses, "seconds": round(time.time() - t0, 3), "pairs": len(xa),
+           "num_processes": acc.num_processes, **ctx.extra}
+    return raw, log
+
+
+def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
+               train_dir: str | Path, prev_dir: str | Path, out_dir: str | Path) -> dict:
+    """Train task `task` starting from `prev_dir`; write model, method state and log to out_dir."""
+    tc = cfg["train"]
+    acc = Accelerator(cpu=tc.get("cpu", False))
+    set_seed(seed * 1000 + step, deterministic=tc.get("deterministic", True))
+    model, prev_meta = load_model(prev_dir)
+    start_digest = weights_digest(model)
+    strategy = get_strategy(method, cfg)
+    prev_state = Path(prev_dir) / "state"
+    strategy.load_state(prev_state if prev_state.exists() else None, model)
+
+    data = read_features(train_dir)
+    for m in task["modalities"]:
+        if m not in model.in_dims:
+            raise ValueError(f"{train_dir}: modality '{m}' has no head in {prev_dir}")
+    a, b = task["modalities"]
+    raw, log = fit_task(model, strategy, cfg, task, step, seed, torch.from_numpy(data[a]),
+                        torch.from_numpy(data[b]), torch.from_numpy(data["labels"]), acc)
+    log |= {"start_digest": start_digest, "final_digest": weights_digest(raw)}
+    if not all(math.isfinite(v) for v in log["epoch_loss"]):
+        raise FloatingPointError(f"step {step}: non-finite training loss {log['epoch_loss']}")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        with atomic_dir(out_dir) as tmp:
+            save_tensors(tmp / "model.safetensors", raw.state_dict())
+            (tmp / "state").mkdir()
+            strategy.save_state(tmp / "state")
+            write_json(tmp / "meta.json", {
+                "model": prev_meta["model"], "step": step, "task": task["name"],
+                "method": method, "seed": seed,
+                "tasks_seen": [*prev_meta.get("tasks_seen", []), task["name"]], "log": log})
+    acc.wait_for_everyone()
+    return log

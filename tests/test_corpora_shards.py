@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+
+from cmcl.corpora import open_corpus
+from cmcl.shards import iter_samples, read_features, shard_task, task_pairs
+
+TASK = {"name": "ti", "corpus": "c", "modalities": ["text", "image"], "pairing": "sample"}
+
+
+def test_generic_adapter_reads_every_row(corpus):
+    info, samples = open_corpus("c", corpus)
+    rows = list(samples())
+    assert len(rows) == 48 and info.classes[2] == "two"
+    img = next(s for s in rows if "image" in s.data)
+    assert img.data["image"][0] == "png" and img.data["text"][0] == "txt"
+
+
+def test_missing_file_names_corpus_sample_and_file(corpus):
+    (corpus / "img/0_3.png").unlink()
+    _, samples = open_corpus("c", corpus)
+    with pytest.raises(FileNotFoundError, match=r"corpus 'c': sample 'i03': image file .*0_3\.png"):
+        list(samples())
+
+
+def test_label_outside_class_list_is_refused(corpus):
+    lines = (corpus / "manifest.jsonl").read_text().splitlines()
+    row = json.loads(lines[0]) | {"label": 7}
+    (corpus / "manifest.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]))
+    _, samples = open_corpus("c", corpus)
+    with pytest.raises(ValueError, match="sample 'i00': label 7 not in the class list"):
+        list(samples())
+
+
+def test_path_escaping_the_corpus_is_refused(corpus):
+    lines = (corpus / "manifest.jsonl").read_text().splitlines()
+    row = json.loads(lines[0]) | {"image": "../../etc/passwd"}
+    (corpus / "manifest.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]))
+    _, samples = open_corpus("c", corpus)
+    with pytest.raises(ValueError, match="leaves the corpus folder"):
+        list(samples())
+
+
+def test_class_pairing_matches_labels_and_uses_every_item(corpus):
+    _, samples = open_corpus("c", corpus)
+    task = {"name": "ia", "modalities": ["image", "audio"], "pairing": "class"}
+    pairs = task_pairs(task, samples(), "train", seed=1)
+    assert len(pairs) == 16  # 4 classes x 4 train items on each side
+    ids = {k.split("+")[0] for k, _, _ in pairs} | {k.split("+")[1] for k, _, _ in pairs}
+    assert len(ids) == 32
+    for key, label, _ in pairs:
+        a, b = key.split("+")
+        assert int(a[1]) == int(b[1]) == label
+
+
+def test_shards_round_trip(corpus, tmp_path):
+    out = tmp_path / "shards"
+    corp = {"path": str(corpus)}
+    n = shard_task(TASK | {"classes": [0, 1]}, corp, "train", out, samples_per_shard=3)
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert n == 8 and sum(sizes.values()) == 8 and len(sizes) == 3
+    got = list(iter_samples(out))
+    _, samples = open_corpus("c", corpus)
+    src = {s.id: s for s in samples()}
+    for s in got:
+        orig = src[json.loads(s["json"])["id"]]
+        assert s["image.png"] == orig.data["image"][1]
+        assert s["text.txt"].decode() == orig.data["text"][1]
+        assert int(s["cls"]) == orig.label
+
+
+def test_empty_split_and_missing_modality_are_errors(corpus, tmp_path):
+    corp = {"path": str(corpus)}
+    with pytest.raises(ValueError, match="split 'val' .* has no sample"):
+        shard_task(TASK, corp, "val", tmp_path / "x")
+    with pytest.raises(ValueError, match="has no modality 'depth'"):
+        shard_task(TASK | {"modalities": ["text", "depth"]}, corp, "train", tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_embed_writes_feature_shards(corpus, tmp_path):
+    from cmcl.embed import embed_split
+
+    corp = {"path": str(corpus)}
+    task = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class"}
+    shard_task(task, corp, "test", tmp_path / "s")
+    embed_split(tmp_path / "s", tmp_path / "f", {"image": "pixels", "audio": "mfcc_stats"})
+    feats = read_features(tmp_path / "f")
+    assert feats["image"].shape == (8, 64) and feats["audio"].shape == (8, 26)
+    assert feats["image"].min() >= 0 and feats["image"].max() <= 1
+    np.testing.assert_array_equal(np.sort(feats["labels"]), np.repeat(np.arange(4), 2))
+
+
+def test_corrupt_npy_names_the_sample(corpus, tmp_path):
+    from cmcl.embed import embed_split
+
+    (corpus / "aud/1_3.npy").write_bytes(b"\x93NUMPY garbage")
+    task = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class"}
+    shard_task(task, {"path": str(corpus)}, "train", tmp_path / "s")
+    with pytest.raises(ValueError, match=r"\+a13\.audio\.npy: not a readable \.npy"):
+        embed_split(tmp_path / "s", tmp_path / "f", {"image": "pixels", "audio": "mfcc_stats"})
+    assert not (tmp_path / "f").exists()

@@ -1,0 +1,135 @@
+"""Report tests on a synthetic run set whose continual metrics are known in advance."""
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cmcl.report import build_report, collect
+
+TASKS = [
+    {"name": "coco", "corpus": "mscoco", "modalities": ["text", "image"], "pairing": "sample",
+     "relevance": "instance"},
+    {"name": "clotho", "corpus": "clotho", "modalities": ["text", "audio"], "pairing": "sample",
+     "relevance": "instance"},
+    {"name": "esc", "corpus": "esc50", "modalities": ["audio", "image"], "pairing": "class",
+     "relevance": "label"},
+]
+NAMES = [t["name"] for t in TASKS]
+SCALE = {"map": 1.0, "r1": 0.5, "r5": 0.8, "r10": 0.9}
+
+
+def _map_value(method: str, s: int, j: int) -> float:
+    """0.1 before training, 0.8 right after; "ft" then loses 0.1 per later step, "dns" none."""
+    if s <= j:
+        return 0.1
+    return 0.8 - (0.1 * (s - j - 1) if method == "ft" else 0.0)
+
+
+def _synthetic(seeds=(0, 1)) -> pd.DataFrame:
+    rows = []
+    for method in ("dns", "ft"):
+        for seed in seeds:
+            offset = 0.01 if seed == 0 else -0.01  # cancels in BWT, gives a known std
+            for s in range(len(NAMES) + 1):
+                for j, task in enumerate(NAMES):
+                    base = _map_value(method, s, j) + offset
+                    vals = {m: base * k for m, k in SCALE.items()}
+                    if task == "esc":  # only the class-labelled task has zero-shot accuracy
+                        vals["zs_acc"] = base
+                    rows += [dict(run=f"{method}_s{seed}", method=method, seed=seed, step=s,
+                                  eval_task=task, metric=m, value=v) for m, v in vals.items()]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    return out, build_report(_synthetic(), TASKS, out)
+
+
+def test_all_files_written_and_pngs_valid(built):
+    out, _ = built
+    plots = out / "plots"
+    for name in ["acc_matrix_dns", "acc_matrix_ft", "scores_over_steps", "stability_plasticity"]:
+        assert (plots / f"{name}.csv").stat().st_size > 0
+        png = plots / f"{name}.png"
+        with Image.open(png) as img:
+            img.verify()
+        with Image.open(png) as img:
+            assert img.format == "PNG" and img.width >= 400 and img.height >= 200
+    assert (out / "metrics.json").exists() and (out / "report.md").exists()
+
+
+def test_metrics_json_has_planted_values(built):
+    out, metrics = built
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    ft, dns = metrics["ft"], metrics["dns"]
+    assert ft["n_seeds"] == 2
+    assert ft["map_bwt"] == pytest.approx(-15.0)  # (0.6-0.8 + 0.7-0.8) / 2
+    assert ft["map_bwt_std"] == pytest.approx(0.0, abs=1e-6)
+    assert ft["map_final_avg"] == pytest.approx(70.0)
+    assert ft["map_final_avg_std"] == pytest.approx(1.4142, abs=1e-4)  # seeds at 71, 69
+    assert ft["map_forgetting"] == pytest.approx(15.0)
+    assert ft["r10_bwt"] == pytest.approx(-13.5)
+    assert ft["zs_acc_final_avg"] == pytest.approx(80.0)  # only "esc" has zs_acc
+    assert dns["map_bwt"] == pytest.approx(0.0, abs=1e-6)
+    assert dns["map_fwt"] == pytest.approx(0.0, abs=1e-6)
+    assert dns["map_mtil_transfer"] == pytest.approx(10.0)
+
+
+def test_csvs_have_expected_layout(built):
+    plots = built[0] / "plots"
+    acc = pd.read_csv(plots / "acc_matrix_ft.csv")
+    assert list(acc.columns) == ["step", "task", "value"] and len(acc) == 12
+    last = acc[(acc["step"] == 3) & (acc["task"] == "coco")]["value"].item()
+    assert last == pytest.approx(60.0)
+    curves = pd.read_csv(plots / "scores_over_steps.csv")
+    assert list(curves.columns) == ["method", "task", "step", "value", "std"]
+    assert len(curves) == 2 * 3 * 4
+    sp = pd.read_csv(plots / "stability_plasticity.csv").set_index("method")
+    assert sp.loc["ft", "bwt"] == pytest.approx(-15.0)
+    assert sp.loc["dns", "final_avg"] == pytest.approx(80.0)
+
+
+def test_report_markdown_tables(built):
+    text = (built[0] / "report.md").read_text()
+    assert "| Method | Acc | BWT | R@1 | R@5 | R@10 | BWT_R10 | ZS-Acc |" in text
+    lines = text.splitlines()
+    for method in ("dns", "ft"):
+        assert sum(line.startswith(f"| {method} |") for line in lines) == 1
+    ft_row = next(line for line in lines if line.startswith("| ft |"))
+    assert "70.00 ± 1.41" in ft_row and "-15.00" in ft_row
+    assert "label-aware (hit = same class)" in text
+    assert "(plots/stability_plasticity.png)" in text and "(plots/acc_matrix_ft.png)" in text
+    assert "2 seed" in text and "| 0 (zero-shot) |" in text and "| 3: esc |" in text
+
+
+def test_single_seed_omits_std(tmp_path):
+    metrics = build_report(_synthetic(seeds=(0,)), TASKS, tmp_path, main_metric="r10")
+    assert metrics["ft"]["r10_final_avg_std"] == 0.0
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines()
+               if line.startswith("| ft |"))
+    assert "±" not in row
+
+
+def test_build_report_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        build_report(_synthetic().iloc[:0], TASKS, tmp_path)
+    df = _synthetic()
+    df = df[~((df["method"] == "ft") & (df["metric"] == "map"))]
+    with pytest.raises(ValueError, match="'ft'"):
+        build_report(df, TASKS, tmp_path)
+
+
+def test_collect_concatenates_and_names_bad_file(tmp_path):
+    df = _synthetic()
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    df.iloc[:10].to_parquet(first)
+    df.iloc[10:].to_parquet(second)
+    assert len(collect([first, second])) == len(df)
+    broken = tmp_path / "broken_eval.parquet"
+    df.drop(columns=["seed"]).to_parquet(broken)
+    with pytest.raises(ValueError, match=r"broken_eval\.parquet.*seed"):
+        collect([first, broken])

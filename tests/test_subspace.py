@@ -1,0 +1,266 @@
+import pytest
+import torch
+
+from cmcl.io import load_tensors, save_tensors
+from cmcl.subspace import (
+    Projector,
+    RunningCovariance,
+    SubspaceState,
+    null_space_update,
+    select_rank,
+    spectrum,
+)
+
+F64 = torch.float64
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_projector(d: int, rank: int, seed: int = 0) -> Projector:
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=F64, generator=gen(seed)))
+    return Projector(q, rank)
+
+
+def planted(vals: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A covariance with known eigenvalues `vals` along the columns of a random rotation."""
+    q, _ = torch.linalg.qr(torch.randn(len(vals), len(vals), dtype=F64, generator=gen(seed)))
+    return q @ torch.diag(torch.tensor(vals, dtype=F64)) @ q.T, q
+
+
+# --- RunningCovariance -------------------------------------------------------------------------
+
+def test_streaming_covariance_matches_concatenated_data():
+    batches = [torch.randn(n, 7, generator=gen(n)) for n in (3, 10, 1, 25)]
+    acc = RunningCovariance(7)
+    for b in batches:
+        acc.update(b)
+    x = torch.cat(batches).to(F64)
+    assert acc.count == 39
+    assert acc.total.dtype == F64
+    torch.testing.assert_close(acc.matrix(), x.T @ x / 39, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(acc.matrix(78), x.T @ x / 78, rtol=1e-12, atol=1e-12)
+
+
+def test_merge_equals_single_accumulator():
+    a_rows, b_rows = torch.randn(12, 5, generator=gen(1)), torch.randn(8, 5, generator=gen(2))
+    a, b, both = RunningCovariance(5), RunningCovariance(5), RunningCovariance(5)
+    a.update(a_rows)
+    b.update(b_rows)
+    both.update(torch.cat([a_rows, b_rows]))
+    a.merge(b)
+    assert a.count == both.count == 20
+    torch.testing.assert_close(a.matrix(), both.matrix(), rtol=1e-12, atol=1e-12)
+
+
+def test_covariance_edge_cases():
+    acc = RunningCovariance(4)
+    assert torch.equal(acc.matrix(), torch.zeros(4, 4, dtype=F64))  # nothing seen yet
+    with pytest.raises(ValueError, match=r"4.*\(3, 6\)"):
+        acc.update(torch.zeros(3, 6))
+    with pytest.raises(ValueError, match="3.*4"):
+        acc.merge(RunningCovariance(3))
+
+
+# --- spectrum and rank selection ---------------------------------------------------------------
+
+def test_spectrum_descending_and_clamped():
+    cov, _ = planted([0.0, 10.0, 1.0, 5.0, -1e-14])
+    vals, vecs = spectrum(cov.float())
+    torch.testing.assert_close(vals, torch.tensor([10.0, 5.0, 1.0, 0.0, 0.0], dtype=F64),
+                               atol=1e-5, rtol=0)
+    assert vals.dtype == vecs.dtype == F64 and (vals >= 0).all()
+    torch.testing.assert_close(vecs.T @ vecs, torch.eye(5, dtype=F64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(cov @ vecs, vecs * vals, atol=1e-5, rtol=0)  # columns match
+
+
+def test_spectrum_symmetrises_input():
+    cov, _ = planted([3.0, 2.0, 1.0])
+    skew = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=F64)
+    vals, _ = spectrum(cov + 0.1 * skew)  # eigh alone would read only one triangle
+    torch.testing.assert_close(vals, torch.tensor([3.0, 2.0, 1.0], dtype=F64))
+
+
+@pytest.mark.parametrize(("mode", "threshold", "rank"), [
+    ("absolute", 0.5, 3), ("absolute", 0.005, 4), ("absolute", 0.0, 4), ("absolute", 20.0, 0),
+    ("relative", 0.05, 3), ("relative", 0.0005, 4), ("relative", 0.6, 1),
+    ("energy", 0.9, 2), ("energy", 0.5, 1), ("energy", 0.99, 3), ("energy", 1.0, 4),
+])
+def test_select_rank_planted_spectrum(mode, threshold, rank):
+    vals = torch.tensor([10.0, 5.0, 1.0, 0.01, 0.0], dtype=F64)
+    assert select_rank(vals, mode, threshold) == rank
+    assert select_rank(torch.zeros(5, dtype=F64), mode, threshold) == 0
+
+
+@pytest.mark.parametrize(("mode", "threshold", "needle"), [
+    ("bogus", 0.5, "bogus"), ("absolute", -1.0, "-1.0"), ("relative", -0.1, "-0.1"),
+    ("energy", 0.0, "energy"), ("energy", 1.5, "1.5"), ("absolute", float("nan"), "nan"),
+])
+def test_select_rank_rejects_invalid(mode, threshold, needle):
+    with pytest.raises(ValueError, match=needle):
+        select_rank(torch.tensor([1.0, 0.5], dtype=F64), mode, threshold)
+
+
+def test_projector_from_covariance_spans_top_eigenvectors():
+    cov, q = planted([10.0, 5.0, 1.0, 0.01, 0.0])
+    for mode, thr, k in [("absolute", 0.5, 3), ("energy", 0.5, 1), ("relative", 0.0001, 4)]:
+        p = Projector.from_covariance(cov, mode, thr)
+        assert p.rank == k
+        torch.testing.assert_close(p.matrix(), q[:, :k] @ q[:, :k].T, atol=1e-10, rtol=0)
+
+
+# --- Projector ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rank", [0, 1, 3, 5, 6, 9, 10])
+def test_projector_is_orthogonal_projection(rank):
+    d = 10
+    p = random_projector(d, rank)
+    assert p.complement == (rank > d / 2)  # both storage paths are exercised
+    assert p.basis.shape[1] == min(rank, d - rank)
+    m = p.matrix()
+    torch.testing.assert_close(m, m.T, atol=1e-12, rtol=0)
+    torch.testing.assert_close(m @ m, m, atol=1e-12, rtol=0)
+    assert abs(torch.trace(m).item() - rank) < 1e-9
+    g_left, g_right = torch.randn(d, 4, dtype=F64), torch.randn(3, d, dtype=F64)
+    torch.testing.assert_close(p.left(g_left), m @ g_left, atol=1e-12, rtol=0)
+    torch.testing.assert_close(p.right(g_right), g_right @ m, atol=1e-12, rtol=0)
+
+
+def test_identity_zero_and_cast():
+    g = torch.randn(6, 3)
+    assert Projector.identity(6).rank == 6 and Projector.zero(6).rank == 0
+    assert torch.equal(Projector.identity(6).left(g), g)
+    assert torch.equal(Projector.zero(6).left(g), torch.zeros_like(g))
+    assert torch.equal(Projector.identity(6).matrix(), torch.eye(6, dtype=F64))
+    p = random_projector(6, 2)
+    p32 = p.to(dtype=torch.float32)
+    assert p32.basis.dtype == torch.float32 and p32.rank == 2
+    assert p32.left(g).dtype == torch.float32
+    torch.testing.assert_close(p32.left(g), (p.matrix() @ g.to(F64)).float(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="6"):
+        p.left(torch.randn(5, 3))
+
+
+# --- null_space_update -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("k_out", "k_in"), [(0, 0), (1, 2), (2, 7), (5, 3), (5, 8), (6, 9),
+                                             (6, 0), (0, 9), (3, 4)])
+def test_null_space_update_matches_dense(k_out, k_in):
+    d_out, d_in = 6, 9
+    p_out, p_in = random_projector(d_out, k_out, seed=1), random_projector(d_in, k_in, seed=2)
+    g = torch.randn(d_out, d_in, dtype=F64, generator=gen(3))
+    expected = g - p_out.matrix() @ g @ p_in.matrix()
+    torch.testing.assert_close(null_space_update(g, p_out, p_in), expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("k_out", "k_in"), [(2, 3), (5, 8)])
+def test_null_space_update_kills_old_responses(k_out, k_in):
+    d_out, d_in = 6, 9
+    p_out, p_in = random_projector(d_out, k_out, seed=4), random_projector(d_in, k_in, seed=5)
+    g = torch.randn(d_out, d_in, dtype=F64, generator=gen(6))
+    x = p_in.left(torch.randn(d_in, 5, dtype=F64, generator=gen(7)))  # columns in span(P_in)
+    z = p_out.left(torch.randn(d_out, 5, dtype=F64, generator=gen(8)))  # in span(P_out)
+    assert (z.T @ g @ x).abs().max() > 1e-2  # the raw update does disturb old responses
+    assert (z.T @ null_space_update(g, p_out, p_in) @ x).abs().max() < 1e-10
+
+
+def test_identity_gives_one_sided_projection():
+    p_out, p_in = random_projector(6, 2, seed=9), random_projector(9, 4, seed=10)
+    g = torch.randn(6, 9, dtype=F64)
+    eye_in, eye_out = Projector.identity(9), Projector.identity(6)
+    torch.testing.assert_close(null_space_update(g, eye_out, p_in), g - g @ p_in.matrix(),
+                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(null_space_update(g, p_out, eye_in), g - p_out.matrix() @ g,
+                               atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match=r"\(9, 6\).*6.*9"):
+        null_space_update(g.T, p_out, p_in)
+
+
+# --- SubspaceState -----------------------------------------------------------------------------
+
+def make_state(faithful: bool = False) -> SubspaceState:
+    """Task 1 aligns a-b (100 pairs), task 2 aligns b-c (50 pairs): c is first seen late."""
+    s = SubspaceState({"a": 5, "b": 7, "c": 4}, out_dim=3, faithful_counts=faithful)
+    for i, (m1, m2, n) in enumerate([("a", "b", 100), ("b", "c", 50)]):
+        for m in (m1, m2):
+            s.update_inputs(m, torch.randn(n, s.in_dims[m], generator=gen(10 * i + len(m))))
+            s.update_outputs(m, torch.randn(n, 3, generator=gen(10 * i + 5)))
+        s.end_task(step=i, task=f"{m1}-{m2}", modalities=[m1, m2], pairs=n)
+    return s
+
+
+def test_faithful_counts_shrinks_late_modality():
+    fixed, faithful = make_state(), make_state(faithful=True)
+    assert fixed.global_count == faithful.global_count == 150
+    assert fixed.in_cov["c"].count == 50
+    total = fixed.in_cov["c"].total
+    torch.testing.assert_close(fixed.covariance("c", "in"), total / 50)
+    torch.testing.assert_close(faithful.covariance("c", "in"), total / 150)
+    torch.testing.assert_close(faithful.covariance("b", "out"), fixed.out_cov["b"].total / 150)
+    torch.testing.assert_close(fixed.covariance("b", "out"), fixed.out_cov["b"].total / 150)
+    # the same absolute threshold keeps fewer directions under the authors' bookkeeping
+    assert fixed.projector("c", "in", "absolute", 0.5).rank == 4
+    assert faithful.projector("c", "in", "absolute", 0.5).rank < 4
+
+
+def test_state_errors_and_seen():
+    s = make_state()
+    s.in_dims["d"] = 2
+    s.in_cov["d"], s.out_cov["d"] = RunningCovariance(2), RunningCovariance(3)
+    assert s.seen("a", "in") and not s.seen("d", "out")
+    with pytest.raises(KeyError, match="'zz'.*a, b, c"):
+        s.covariance("zz", "in")
+    with pytest.raises(ValueError, match="'middle'.*in, out"):
+        s.covariance("a", "middle")
+
+
+def test_save_load_round_trip(tmp_path):
+    s = make_state(faithful=True)
+    s.save(tmp_path / "state")
+    loaded = SubspaceState.load(tmp_path / "state", in_dims={"a": 5, "b": 7, "c": 4}, out_dim=3)
+    assert loaded.faithful_counts and loaded.global_count == 150
+    assert loaded.history == s.history and loaded.history[1]["modalities"] == ["b", "c"]
+    for m in "abc":
+        for side in ("in", "out"):
+            covs = (s.in_cov, loaded.in_cov) if side == "in" else (s.out_cov, loaded.out_cov)
+            assert covs[0][m].count == covs[1][m].count > 0
+            for mode, thr in [("absolute", 0.3), ("relative", 0.1), ("energy", 0.9)]:
+                before = s.projector(m, side, mode, thr)
+                after = loaded.projector(m, side, mode, thr)
+                assert before.rank == after.rank
+                assert torch.equal(before.matrix(), after.matrix())
+
+
+def test_load_adds_new_modality_empty(tmp_path):
+    make_state().save(tmp_path)
+    loaded = SubspaceState.load(tmp_path, in_dims={"a": 5, "b": 7, "c": 4, "d": 11})
+    assert loaded.in_cov["d"].dim == 11 and not loaded.seen("d", "in")
+    assert loaded.projector("d", "in", "absolute", 0.1).rank == 0
+
+
+def test_load_rejects_mismatches(tmp_path):
+    make_state().save(tmp_path)
+    json_path = str(tmp_path / "subspace.json")
+    with pytest.raises(ValueError, match=rf"{json_path}.*'b'.*7 in the saved.*8 in the model"):
+        SubspaceState.load(tmp_path, in_dims={"a": 5, "b": 8, "c": 4})
+    with pytest.raises(ValueError, match=rf"{json_path}.*3 in the saved.*16 in the model"):
+        SubspaceState.load(tmp_path, out_dim=16)
+    with pytest.raises(ValueError, match=rf"{json_path}.*\['c'\]"):
+        SubspaceState.load(tmp_path, in_dims={"a": 5, "b": 7})
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        SubspaceState.load(missing)
+
+
+def test_load_rejects_inconsistent_tensor_file(tmp_path):
+    make_state().save(tmp_path)
+    tensor_path = tmp_path / "subspace.safetensors"
+    good = load_tensors(tensor_path)
+    save_tensors(tensor_path, {**good, "in/a": torch.zeros(4, 4, dtype=F64)})
+    with pytest.raises(ValueError, match=rf"{tensor_path}.*'in/a'.*\(4, 4\)"):
+        SubspaceState.load(tmp_path)
+    # tensors from a later save next to an older json: counts disagree
+    save_tensors(tensor_path, {**good, "count/out/b": torch.tensor(999)})
+    with pytest.raises(ValueError, match="different saves"):
+        SubspaceState.load(tmp_path)

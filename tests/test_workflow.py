@@ -1,0 +1,119 @@
+"""End to end: the real Snakemake workflow and `dvc repro` on a tiny params file in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = str(Path(sys.executable).parent)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n"
+                             f"{p.stderr[-5000:]}")
+    return p
+
+
+def tiny_params() -> dict:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["sequence"] = ["t1_text_image_04", "t2_text_audio", "t3_image_audio"]
+    p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequence"]}
+    p["shard"]["max_per_class"] = 12
+    p["train"] |= {"methods": ["finetune", "dns"], "seeds": [1], "epochs": 2}
+    p["eval"] |= {"n_subsets": 2, "subset_size": 40}
+    return p
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh copy of the workflow with a tiny params.yaml, run once with Snakemake."""
+    d = tmp_path_factory.mktemp("proj")
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, d / name)
+    shutil.copytree(ROOT / "pipeline", d / "pipeline")
+    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (d / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run([f"{BIN}/snakemake", "--cores", "2"], d)
+    return d
+
+
+def test_outputs_cover_every_step_and_task(project):
+    df = pd.concat(pd.read_parquet(f) for f in (project / "results/eval").rglob("*.parquet"))
+    assert set(df.columns) == {"run", "method", "seed", "step", "eval_task", "metric", "value"}
+    for method in ("finetune", "dns"):
+        sub = df[(df.method == method) & (df.metric == "map")]
+        assert set(zip(sub.step, sub.eval_task, strict=True)) == {
+            (s, t) for s in range(4) for t in tiny_params()["sequence"]}
+        assert sub.value.between(0, 1).all()
+    zs = df[df.metric == "zs_acc"]
+    assert set(zs.eval_task) == set(tiny_params()["sequence"])  # every task here has labels
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert {"finetune", "dns"} <= set(metrics)
+    report = (project / "reports/report.md").read_text()
+    assert "label-aware" in report and "dns" in report
+
+
+def test_checkpoints_chain_step_to_step(project):
+    for method in ("finetune", "dns"):
+        run_dir = project / f"results/runs/{method}/seed1"
+        metas = [json.loads((run_dir / f"step{s}/meta.json").read_text()) for s in range(4)]
+        for prev, cur in zip(metas, metas[1:], strict=False):
+            assert cur["log"]["start_digest"] == prev["log"]["final_digest"]
+            assert cur["log"]["final_digest"] != prev["log"]["final_digest"]
+        assert metas[-1]["tasks_seen"] == tiny_params()["sequence"]
+    state = json.loads((project / "results/runs/dns/seed1/step3/state/subspace.json").read_text())
+    assert state["counts"]["in"]["image"] > 0 and len(state["history"]) == 3
+
+
+def test_dvc_repro_is_idempotent_and_reruns_only_late_jobs(project):
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "repro"], project)  # records dvc.lock; Snakemake finds nothing to do
+    models = sorted((project / "results/runs").rglob("model.safetensors"))
+    stamps = {m: m.stat().st_mtime_ns for m in models}
+    second = run(["dvc", "repro"], project)
+    assert "didn't change" in second.stdout and "Running stage" not in second.stdout
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["eval"]["subset_size"] = 30
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run(["dvc", "repro"], project)
+    assert "Running stage 'pipeline'" in third.stdout
+    assert "Running stage 'corpus'" not in third.stdout
+    log = sorted((project / ".snakemake/log").glob("*.log"))[-1].read_text()
+    assert "rule evaluate" in log and "rule report" in log
+    for rule in ("rule train", "rule embed", "rule shard", "rule init"):
+        assert rule not in log, f"a late param change reran {rule}"
+    assert {m: m.stat().st_mtime_ns for m in models} == stamps
+
+
+def test_bad_params_fail_before_any_job(project, tmp_path):
+    for key, value, expect in (
+        (("train", "methods"), ["nope"], "train.methods.0: 'nope' is not one of"),
+        (("train", "epochs"), -1, "train.epochs: -1 is less than the minimum of 1"),
+        (("corpora", "mine"), {"path": "no/such/dir"}, "corpora.mine.path: folder 'no/such"),
+    ):
+        params = tiny_params()
+        params[key[0]][key[1]] = value
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump(params))
+        p = run([f"{BIN}/snakemake", "-n", "--configfile", str(cfg)], project, check=False)
+        assert p.returncode != 0
+        assert expect in p.stderr + p.stdout
+
+
+def test_snakemake_lint_is_clean(project):
+    p = run([f"{BIN}/snakemake", "--lint"], project, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
