@@ -17,9 +17,9 @@ EMBED = 8
 def cfg(**dns) -> dict:
     return {"train": {"epochs": 8, "batch_size": 16, "lr": 0.05, "weight_decay": 0.01,
                       "grad_clip": 1.0},
-            "loss": {"temperature": 0.1}, "dns": {"threshold_mode": "relative",
-                                                  "threshold_in": 1e-6, "threshold_out": 1e-6,
-                                                  **dns}}
+            "loss": {"temperature": 0.1},
+            "methods": {"dns": {"threshold_mode": "relative", "threshold_in": 1e-6,
+                                "threshold_out": 1e-6, **dns}}}
 
 
 def low_rank(n: int, d: int, rank: int, seed: int) -> torch.Tensor:

@@ -101,7 +101,8 @@ def test_dvc_repro_is_idempotent_and_reruns_only_late_jobs(project):
 
 def test_bad_params_fail_before_any_job(project, tmp_path):
     for key, value, expect in (
-        (("train", "methods"), ["nope"], "train.methods.0: 'nope' is not one of"),
+        (("train", "methods"), ["nope"], "train.methods[0]: 'nope' is not a registered method"),
+        (("methods", "dns"), {"threshold_in": -1}, "methods.dns.threshold_in: -1 is less than"),
         (("train", "epochs"), -1, "train.epochs: -1 is less than the minimum of 1"),
         (("corpora", "mine"), {"path": "no/such/dir"}, "corpora.mine.path: folder 'no/such"),
     ):

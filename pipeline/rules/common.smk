@@ -61,8 +61,11 @@ def get_train_inputs(wildcards):
 
 
 def get_train_cfg(wildcards):
-    keys = ("model", "loss", "train", "dns")
-    return as_json({**{k: config[k] for k in keys}, "task": task_spec(get_step_task(wildcards))})
+    """Only this method's options: tuning one method never reruns another's jobs."""
+    keys = ("model", "loss", "train")
+    opts = {wildcards.method: config["methods"].get(wildcards.method, {})}
+    return as_json({**{k: config[k] for k in keys}, "methods": opts,
+                    "task": task_spec(get_step_task(wildcards))})
 
 
 def get_model_cfg(wildcards):

@@ -63,10 +63,19 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
 
     problems = []
     methods = discover()
-    for m in params["train"]["methods"]:
+    for i, m in enumerate(params["train"]["methods"]):
         if m not in methods:
-            problems.append(f"train.methods: '{m}' is not a registered method "
+            problems.append(f"train.methods[{i}]: '{m}' is not a registered method "
                             f"({sorted(methods)})")
+    for m, opts in params["methods"].items():
+        if m not in methods:
+            problems.append(f"methods.{m}: options for an unregistered method "
+                            f"({sorted(methods)})")
+            continue
+        try:
+            params["methods"][m] = methods[m].resolve_options(opts)
+        except ValueError as e:
+            problems.extend(line.strip() for line in str(e).splitlines()[1:])
     for name, t in params["tasks"].items():
         if t["corpus"] not in params["corpora"]:
             problems.append(f"tasks.{name}.corpus: '{t['corpus']}' is not declared under "

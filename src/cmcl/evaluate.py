@@ -17,24 +17,26 @@ from cmcl.io import atomic_path, load_tensors
 from cmcl.losses import resolve
 from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
 from cmcl.shards import read_features
-from cmcl.train import load_model
+from cmcl.train import load_model, load_strategy
 
 COLUMNS = ["run", "method", "seed", "step", "eval_task", "metric", "value"]
 
 
 @torch.no_grad()
-def embed(model, modality: str, x, batch_size: int = 1024, normalize: bool = True):
+def embed(fn, modality: str, x, batch_size: int = 1024, normalize: bool = True):
+    """Batched embeddings through `fn(modality, x)` (a method's embed, or the bare model)."""
     x = torch.as_tensor(x)
-    z = torch.cat([model(modality, x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
+    z = torch.cat([fn(modality, x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
     return F.normalize(z, dim=-1) if normalize else z
 
 
 def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
-                  normalize: bool) -> dict[str, float]:
+                  normalize: bool, fn=None) -> dict[str, float]:
     a, b = task["modalities"]
     data = read_features(test_dir)
     bs = int(ec.get("batch_size", 1024))
-    za, zb = embed(model, a, data[a], bs, normalize), embed(model, b, data[b], bs, normalize)
+    fn = fn or model
+    za, zb = embed(fn, a, data[a], bs, normalize), embed(fn, b, data[b], bs, normalize)
     labels = torch.from_numpy(data["labels"])
     relevance = task.get("relevance") or ("label" if task.get("pairing") == "class" else "instance")
     out = retrieval_metrics(za, zb, labels if relevance == "label" else None, relevance,
@@ -45,7 +47,7 @@ def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
         ct = load_tensors(classes_file)
         keep = torch.tensor(sorted(task["classes"])) if task.get("classes") else ct["class_ids"]
         prompts = ct["prompts"][keep]  # (C, templates, d_text)
-        pe = embed(model, "text", prompts.reshape(-1, prompts.shape[-1]), bs, True)
+        pe = embed(fn, "text", prompts.reshape(-1, prompts.shape[-1]), bs, True)
         cls = F.normalize(pe.reshape(len(keep), -1, pe.shape[-1]).mean(1), dim=-1)
         accs = []
         for m, z in ((a, za), (b, zb)):
@@ -64,12 +66,17 @@ def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
     """All metrics of one step on every task; writes Parquet atomically."""
     model, meta = load_model(step_dir)
     model.eval()
+    strategy = load_strategy(step_dir, model)
+
+    def fn(modality, x):
+        return strategy.embed(model, modality, x)
+
     normalize = resolve(cfg.get("loss", {}))["normalize"]
     rows = []
     run = f"{meta['method']}_s{meta['seed']}"
     for task, test_dir in zip(tasks, test_dirs, strict=True):
         for metric, value in evaluate_task(model, task, test_dir, cfg.get("eval", {}),
-                                           normalize).items():
+                                           normalize, fn).items():
             rows.append((run, meta["method"], int(meta["seed"]), int(meta["step"]),
                          task["name"], metric, float(value)))
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -60,7 +60,9 @@ def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
     model.reset(mc.get("init", "orthogonal"), seed)
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
+        opts = get_strategy(method, cfg).opts
         write_json(tmp / "meta.json", {"step": 0, "task": None, "method": method, "seed": seed,
+                                       "options": opts,
                                        "model": model.config(), "tasks_seen": [],
                                        "log": {"final_digest": weights_digest(model)}})
 
@@ -75,33 +77,38 @@ def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: 
     tc = cfg["train"]
     acc = acc or Accelerator(cpu=tc.get("cpu", False))
     a, b = task["modalities"]
+    model = model.to(acc.device)
+    ctx = TaskContext(step, task["name"], (a, b), model,
+                      {a: xa.to(acc.device), b: xb.to(acc.device),
+                       "labels": labels.to(acc.device)}, cfg, acc.device)
+    strategy.before_task(ctx)
+    params = [p for m in (a, b) for p in model.heads[m].parameters()]
+    params += strategy.trainable_parameters(ctx)
+    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
     gen = torch.Generator().manual_seed(seed * 1000 + step)
     loader = DataLoader(TensorDataset(xa, xb, labels), batch_size=tc["batch_size"],
                         shuffle=True, generator=gen, drop_last=len(xa) > tc["batch_size"])
-    params = [p for m in (a, b) for p in model.heads[m].parameters()]
-    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
-    model, opt, loader = acc.prepare(model, opt, loader)
-    raw = acc.unwrap_model(model)
-    ctx = TaskContext(step, task["name"], (a, b), raw,
-                      {a: xa.to(acc.device), b: xb.to(acc.device), "labels": labels}, cfg)
+    wrapped, opt, loader = acc.prepare(model, opt, loader)
     lc = resolve(cfg.get("loss", {}))
-    method = strategy.name
 
-    strategy.before_task(ctx)
-    model.train()
+    def loss_fn(batch: dict) -> torch.Tensor:
+        emb = {m: strategy.embed(wrapped, m, batch[m]) for m in (a, b)}
+        loss = info_nce(emb[a], emb[b], **lc)
+        extra = strategy.extra_loss(ctx, batch, emb)
+        return loss if extra is None else loss + extra
+
+    ctx.loss_fn = loss_fn
+    wrapped.train()
     losses, t0 = [], time.time()
-    for epoch in tqdm(range(tc["epochs"]), desc=f"step {step} {task['name']} [{method}]",
+    for epoch in tqdm(range(tc["epochs"]), desc=f"step {step} {task['name']} [{strategy.name}]",
                       disable=not acc.is_local_main_process):
         total, n = 0.0, 0
         for xa_b, xb_b, y_b in loader:
-            emb = {a: model(a, xa_b), b: model(b, xb_b)}
-            loss = info_nce(emb[a], emb[b], **lc)
-            extra = strategy.extra_loss(ctx, {a: xa_b, b: xb_b, "labels": y_b}, emb)
-            if extra is not None:
-                loss = loss + extra
+            ctx.batch = {a: xa_b, b: xb_b, "labels": y_b}
+            loss = loss_fn(ctx.batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step} ({task['name']}, {method}): loss is "
-                                         f"{loss.item()} at epoch {epoch}; lower train.lr")
+                raise FloatingPointError(f"step {step} ({task['name']}, {strategy.name}): loss "
+                                         f"is {loss.item()} at epoch {epoch}; lower train.lr")
             acc.backward(loss)
             if tc.get("grad_clip"):
                 acc.clip_grad_norm_(params, tc["grad_clip"])
@@ -111,12 +118,23 @@ def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: 
             opt.zero_grad(set_to_none=True)
             total, n = total + loss.item() * len(xa_b), n + len(xa_b)
         losses.append(total / max(n, 1))
-    model.eval()
+    wrapped.eval()
+    ctx.batch = None
     strategy.after_task(ctx)
-    log = {"step": step, "task": task["name"], "method": method, "seed": seed,
+    log = {"step": step, "task": task["name"], "method": strategy.name, "seed": seed,
            "epoch_loss": losses, "seconds": round(time.time() - t0, 3), "pairs": len(xa),
            "num_processes": acc.num_processes, **ctx.extra}
-    return raw, log
+    return acc.unwrap_model(wrapped), log
+
+
+def load_strategy(step_dir: str | Path, model: MultiHead) -> Strategy:
+    """The method of a saved step with its options and state (evaluation embeds through it)."""
+    meta = read_json(Path(step_dir) / "meta.json")
+    cfg = {"methods": {meta["method"]: meta.get("options", {})}}
+    strategy = get_strategy(meta["method"], cfg)
+    state = Path(step_dir) / "state"
+    strategy.load_state(state if state.exists() else None, model)
+    return strategy
 
 
 def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
@@ -149,7 +167,7 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
             strategy.save_state(tmp / "state")
             write_json(tmp / "meta.json", {
                 "model": prev_meta["model"], "step": step, "task": task["name"],
-                "method": method, "seed": seed,
+                "method": method, "seed": seed, "options": strategy.opts,
                 "tasks_seen": [*prev_meta.get("tasks_seen", []), task["name"]], "log": log})
     acc.wait_for_everyone()
     return log

@@ -3,8 +3,9 @@
 A method subclasses `Strategy`, decorates itself with `@register`, and overrides only the hooks
 it needs (Avalanche-style). The training loop in cmcl.train calls the hooks in this order:
 
-    before_task -> [per batch: extra_loss -> backward -> clip -> before_optimizer_step
-                    -> optimizer.step -> after_optimizer_step] -> after_task -> state_tensors
+    load_state -> before_task -> trainable_parameters -> [per batch: embed -> extra_loss
+    -> backward -> clip -> before_optimizer_step -> optimizer.step -> after_optimizer_step]
+    -> after_task -> save_state
 
 Per-method state (covariances, buffers, anchors) is saved beside the step's checkpoint as
 safetensors + JSON and handed back to the next step via `load_state`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +37,43 @@ class TaskContext:
     model: MultiHead  # the unwrapped model (projections act on its parameters)
     train: dict[str, Any]  # the task's train split: {modality: tensor (n, d), "labels": ...}
     cfg: dict
-    extra: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    extra: dict = field(default_factory=dict)  # per-task log entries a method wants recorded
+    batch: dict | None = None  # the current batch {modality: x, "labels": y}
+    loss_fn: Callable[[dict], torch.Tensor] | None = None  # recompute the loss (SAM-style methods)
 
 
 class Strategy:
     name: str = ""
     description: str = ""
     citation: str = ""
+    # JSON schema of the method's options under `methods.<name>` in params.yaml (with defaults)
+    options: dict = {"properties": {}}
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
+        self.opts = self.resolve_options(cfg.get("methods", {}).get(self.name, {}))
+
+    @classmethod
+    def options_schema(cls) -> dict:
+        return {"type": "object", "additionalProperties": False, **cls.options}
+
+    @classmethod
+    def resolve_options(cls, given: dict, where: str | None = None) -> dict:
+        """Validate options against the method's schema and fill its defaults."""
+        import jsonschema
+
+        where = where or f"methods.{cls.name}"
+        errors = list(jsonschema.Draft202012Validator(cls.options_schema()).iter_errors(given))
+        if errors:
+            lines = [f"  {'.'.join([where, *map(str, e.absolute_path)])}: {e.message}"
+                     for e in errors]
+            raise ValueError("invalid method options\n" + "\n".join(lines))
+        out = dict(given)
+        for key, sub in cls.options.get("properties", {}).items():
+            if key not in out and "default" in sub:
+                out[key] = sub["default"]
+        return out
 
     # -- state carried from step to step ------------------------------------------------
     def load_state(self, directory: Path | None, model: MultiHead) -> None:
@@ -52,6 +81,15 @@ class Strategy:
 
     def save_state(self, directory: Path) -> None:
         """Write this step's state (safetensors + JSON) into `directory`."""
+
+    # -- what the model computes (evaluation calls `embed` too) ------------------------------
+    def embed(self, model: torch.nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Embedding of features x; methods with prompts/adapters override this."""
+        return model(modality, x)
+
+    def trainable_parameters(self, ctx: TaskContext) -> list[torch.nn.Parameter]:
+        """Extra parameters the method trains besides the task's heads (after before_task)."""
+        return []
 
     # -- hooks ----------------------------------------------------------------------------
     def before_task(self, ctx: TaskContext) -> None: ...

@@ -20,7 +20,7 @@ import torch
 
 from cmcl.models import MultiHead
 from cmcl.strategies import Strategy, TaskContext, register
-from cmcl.subspace import Projector, SubspaceState, null_space_update
+from cmcl.subspace import THRESHOLD_MODES, Projector, SubspaceState, null_space_update
 
 
 def _augment(x: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -33,15 +33,21 @@ class DNS(Strategy):
     description = "dual-sided null-space projection of head updates (input and partner sides)"
     citation = "Liu, Xia, Ng, Chua. Continual Multimodal Contrastive Learning. arXiv:2503.14963"
 
+    options = {"properties": {
+        "placement": {"enum": ["exact", "faithful"], "default": "exact"},
+        "sides": {"enum": ["both", "input", "output"], "default": "both"},
+        "threshold_mode": {"enum": list(THRESHOLD_MODES), "default": "relative"},
+        "threshold_in": {"type": "number", "minimum": 0, "default": 1e-3},
+        "threshold_out": {"type": "number", "minimum": 0, "default": 1e-3},
+        "faithful_counts": {"type": ["boolean", "null"], "default": None},
+    }}
+
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        p = cfg.get("dns", {})
-        self.placement = p.get("placement", "exact")
-        self.sides = p.get("sides", "both")
-        self.mode = p.get("threshold_mode", "relative")
-        self.thr_in = float(p.get("threshold_in", 1e-3))
-        self.thr_out = float(p.get("threshold_out", 1e-3))
-        fc = p.get("faithful_counts")
+        p = self.opts
+        self.placement, self.sides, self.mode = p["placement"], p["sides"], p["threshold_mode"]
+        self.thr_in, self.thr_out = float(p["threshold_in"]), float(p["threshold_out"])
+        fc = p["faithful_counts"]
         self.faithful_counts = self.placement == "faithful" if fc is None else bool(fc)
         self.proj: dict[str, tuple[Projector, Projector]] = {}
         self.snap: dict[str, torch.Tensor] = {}
