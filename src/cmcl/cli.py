@@ -53,10 +53,27 @@ def cmd_init(a) -> None:
     init_step(a.cfg, a.method, a.seed, a.features, a.out)
 
 
+def _train_cfg(a) -> dict:
+    """--cfg as the rule passes it, or built from a params file (for hand/accelerate launches)."""
+    if a.cfg is not None:
+        return a.cfg
+    if a.params is None:
+        raise SystemExit("train: give --cfg (JSON) or --params (a params.yaml)")
+    from cmcl.config import load, task_spec
+
+    p = load(a.params)
+    if not 1 <= a.step <= len(p["sequence"]):
+        raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequence'])} of {a.params}")
+    return {**{k: p[k] for k in ("model", "loss", "train", "methods")},
+            "task": task_spec(p, p["sequence"][a.step - 1])}
+
+
 def cmd_train(a) -> None:
     from cmcl.train import train_step
 
-    log = train_step(a.cfg, a.method, a.seed, a.step, a.cfg["task"], a.features, a.prev, a.out)
+    cfg = _train_cfg(a)
+    features = a.features or f"data/features/{cfg['task']['name']}/train"
+    log = train_step(cfg, a.method, a.seed, a.step, cfg["task"], features, a.prev, a.out)
     print(json.dumps({k: log[k] for k in ("step", "task", "seconds", "epoch_loss")}))
 
 
@@ -113,7 +130,9 @@ def parser() -> argparse.ArgumentParser:
     for name, fn, h in (("init", cmd_init, "create the step-0 model of a run"),
                         ("train", cmd_train, "train one step of a run")):
         p = verb(name, fn, h)
-        p.add_argument("--cfg", type=_json, required=True)
+        p.add_argument("--cfg", type=_json, required=name == "init")
+        if name == "train":
+            p.add_argument("--params", help="build the config from this params.yaml instead")
         p.add_argument("--method", required=True)
         p.add_argument("--seed", type=int, required=True)
         p.add_argument("--out", required=True)
@@ -121,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--features", nargs="+", required=True, help="train feature dirs")
         else:
             p.add_argument("--step", type=int, required=True)
-            p.add_argument("--features", required=True, help="the task's train feature dir")
+            p.add_argument("--features", help="default: data/features/<task>/train")
             p.add_argument("--prev", required=True, help="step t-1 folder")
     p = verb("evaluate", cmd_evaluate, "evaluate a step on every task's test split")
     p.add_argument("--cfg", type=_json, required=True)
