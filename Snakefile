@@ -21,4 +21,5 @@ rule all:
     input:
         "reports/metrics.json",
         "reports/report.md",
+        ["reports/check.json"] if config["report"]["expected"] else [],
     default_target: True

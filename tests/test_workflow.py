@@ -31,7 +31,7 @@ def tiny_params() -> dict:
     p["sequence"] = ["t1_text_image_04", "t2_text_audio", "t3_image_audio"]
     p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequence"]}
     p["shard"]["max_per_class"] = 12
-    p["train"] |= {"methods": ["finetune", "dns"], "seeds": [1], "epochs": 2}
+    p["train"] |= {"methods": ["finetune", "dns", "joint"], "seeds": [1], "epochs": 2}
     p["eval"] |= {"n_subsets": 2, "subset_size": 40}
     return p
 
@@ -57,10 +57,13 @@ def test_outputs_cover_every_step_and_task(project):
         assert set(zip(sub.step, sub.eval_task, strict=True)) == {
             (s, t) for s in range(4) for t in tiny_params()["sequence"]}
         assert sub.value.between(0, 1).all()
+    joint = df[(df.method == "joint") & (df.metric == "map")]
+    assert set(joint.step) == {0, 3} and set(joint.eval_task) == set(tiny_params()["sequence"])
     zs = df[df.metric == "zs_acc"]
     assert set(zs.eval_task) == set(tiny_params()["sequence"])  # every task here has labels
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert {"finetune", "dns"} <= set(metrics)
+    assert {"finetune", "dns", "joint"} <= set(metrics)
+    assert metrics["joint"]["map_final_avg"] is not None and metrics["joint"]["map_bwt"] is None
     report = (project / "reports/report.md").read_text()
     assert "label-aware" in report and "dns" in report
 
@@ -73,6 +76,11 @@ def test_checkpoints_chain_step_to_step(project):
             assert cur["log"]["start_digest"] == prev["log"]["final_digest"]
             assert cur["log"]["final_digest"] != prev["log"]["final_digest"]
         assert metas[-1]["tasks_seen"] == tiny_params()["sequence"]
+    joint = json.loads((project / "results/runs/joint/seed1/step3/meta.json").read_text())
+    assert joint["tasks_seen"] == tiny_params()["sequence"]
+    assert joint["log"]["pairs"] == sum(
+        json.loads((project / f"data/features/{t}/train/meta.json").read_text())["count"]
+        for t in tiny_params()["sequence"])
     state = json.loads((project / "results/runs/dns/seed1/step3/state/subspace.json").read_text())
     assert state["counts"]["in"]["image"] > 0 and len(state["history"]) == 3
 
@@ -118,3 +126,13 @@ def test_bad_params_fail_before_any_job(project, tmp_path):
 def test_snakemake_lint_is_clean(project):
     p = run([f"{BIN}/snakemake", "--lint"], project, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_html_report_compare_and_check(project):
+    run([f"{BIN}/snakemake", "--report", "report.html"], project)
+    assert (project / "report.html").stat().st_size > 100_000  # figures are embedded
+    p = run([sys.executable, "-m", "cmcl", "compare", "finetune", "dns"], project)
+    assert "map_bwt" in p.stdout and "B - A" in p.stdout
+    check = json.loads((project / "reports/check.json").read_text())
+    # tiny params differ from the defaults the expected file was recorded with
+    assert check["ok"] and all(r["status"].startswith("not checked") for r in check["rows"])

@@ -2,10 +2,12 @@
 import json
 from pathlib import Path
 
+from cmcl.strategies import discover
+
 SEQ = config["sequence"]
 METHODS = config["train"]["methods"]
 SEEDS = config["train"]["seeds"]
-STEPS = list(range(len(SEQ) + 1))
+JOINT = {m for m, cls in discover().items() if cls.joint}
 BUILTIN_CORPORA = [n for n, c in config["corpora"].items() if c.get("builtin")]
 for _name in BUILTIN_CORPORA:
     if Path(config["corpora"][_name]["path"]) != Path("data/raw") / _name:
@@ -48,24 +50,27 @@ def train_features(split):
     return [f"data/features/{t}/{split}" for t in SEQ]
 
 
-def get_step_task(wildcards):
-    return SEQ[int(wildcards.step) - 1]
+def steps_for(method):
+    """Continual methods train every step; a joint method trains once, as step T."""
+    return [0, len(SEQ)] if method in JOINT else list(range(len(SEQ) + 1))
 
 
 def get_train_inputs(wildcards):
-    step = int(wildcards.step)
-    return {
-        "prev": f"results/runs/{wildcards.method}/seed{wildcards.seed}/step{step - 1}",
-        "features": f"data/features/{SEQ[step - 1]}/train",
-    }
+    step, run = int(wildcards.step), f"results/runs/{wildcards.method}/seed{wildcards.seed}"
+    if wildcards.method in JOINT:
+        return {"prev": f"{run}/step0", "features": train_features("train")}
+    return {"prev": f"{run}/step{step - 1}", "features": f"data/features/{SEQ[step - 1]}/train"}
 
 
 def get_train_cfg(wildcards):
     """Only this method's options: tuning one method never reruns another's jobs."""
     keys = ("model", "loss", "train")
     opts = {wildcards.method: config["methods"].get(wildcards.method, {})}
-    return as_json({**{k: config[k] for k in keys}, "methods": opts,
-                    "task": task_spec(get_step_task(wildcards))})
+    if wildcards.method in JOINT:
+        task = {"name": "joint", "tasks": [task_spec(t) for t in SEQ]}
+    else:
+        task = task_spec(SEQ[int(wildcards.step) - 1])
+    return as_json({**{k: config[k] for k in keys}, "methods": opts, "task": task})
 
 
 def get_model_cfg(wildcards):
@@ -82,5 +87,5 @@ def get_report_cfg(wildcards):
 
 
 def all_evals():
-    return expand("results/eval/{method}/seed{seed}/step{step}.parquet",
-                  method=METHODS, seed=SEEDS, step=STEPS)
+    return [f"results/eval/{m}/seed{s}/step{t}.parquet"
+            for m in METHODS for s in SEEDS for t in steps_for(m)]

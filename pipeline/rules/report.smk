@@ -30,3 +30,21 @@ rule report:
     shell:
         "python -m cmcl report --cfg {params.cfg:q} --evals {input} --out-dir reports "
         "> {log} 2>&1"
+
+
+rule check:
+    """Reproduction guard: fail loudly when results deviate from the expected file."""
+    input:
+        metrics="reports/metrics.json",
+        expected=config["report"]["expected"] or [],
+    output:
+        "reports/check.json",
+    params:
+        cfg=lambda wildcards: as_json(config),
+    conda:
+        "../envs/cmcl.yaml"
+    log:
+        "logs/report/check.log",
+    shell:
+        "python -m cmcl check --cfg {params.cfg:q} --metrics {input.metrics} "
+        "--expected {input.expected} --out {output} > {log} 2>&1"

@@ -60,19 +60,24 @@ def _train_cfg(a) -> dict:
     if a.params is None:
         raise SystemExit("train: give --cfg (JSON) or --params (a params.yaml)")
     from cmcl.config import load, task_spec
+    from cmcl.strategies import discover
 
     p = load(a.params)
     if not 1 <= a.step <= len(p["sequence"]):
         raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequence'])} of {a.params}")
-    return {**{k: p[k] for k in ("model", "loss", "train", "methods")},
-            "task": task_spec(p, p["sequence"][a.step - 1])}
+    if discover()[a.method].joint:
+        task = {"name": "joint", "tasks": [task_spec(p, t) for t in p["sequence"]]}
+    else:
+        task = task_spec(p, p["sequence"][a.step - 1])
+    return {**{k: p[k] for k in ("model", "loss", "train", "methods")}, "task": task}
 
 
 def cmd_train(a) -> None:
     from cmcl.train import train_step
 
     cfg = _train_cfg(a)
-    features = a.features or f"data/features/{cfg['task']['name']}/train"
+    specs = cfg["task"].get("tasks", [cfg["task"]])
+    features = a.features or [f"data/features/{t['name']}/train" for t in specs]
     log = train_step(cfg, a.method, a.seed, a.step, cfg["task"], features, a.prev, a.out)
     print(json.dumps({k: log[k] for k in ("step", "task", "seconds", "epoch_loss")}))
 
@@ -91,6 +96,44 @@ def cmd_report(a) -> None:
     df = collect(a.evals)
     build_report(df, a.cfg["tasks"], a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"))
     print(f"report: {Path(a.out_dir) / 'report.md'}")
+
+
+def cmd_check(a) -> None:
+    from cmcl.check import run_check
+
+    if not run_check(a.metrics, a.cfg, a.expected, a.out):
+        raise SystemExit(f"check: results deviate from {a.expected} (details in {a.out}); a "
+                         "deliberate change? regenerate it with `python -m cmcl expect`")
+
+
+def cmd_expect(a) -> None:
+    import json as _json
+
+    from cmcl.check import expect
+    from cmcl.config import load
+
+    expect(_json.loads(Path(a.metrics).read_text()), load(a.params), a.out)
+    print(f"wrote {a.out}")
+
+
+def cmd_compare(a) -> None:
+    """Run-vs-run table in the terminal: method A (file A) against method B (file B)."""
+    ma = json.loads(Path(a.metrics).read_text())
+    mb = json.loads(Path(a.metrics_b or a.metrics).read_text())
+    for name, m in ((a.a, ma), (a.b, mb)):
+        if name not in m:
+            raise SystemExit(f"compare: no method '{name}' in the metrics ({sorted(m)})")
+    ea, eb = ma[a.a], mb[a.b]
+    keys = [k for k in ea if not k.endswith("_std") and k != "n_seeds" and k in eb
+            and any(k.startswith(f"{m}_") for m in a.metric)]
+    la, lb = f"{a.a}", f"{a.b}" + (f" ({a.metrics_b})" if a.metrics_b else "")
+    print(f"{'metric':26s} {la:>18s} {lb:>18s} {'B - A':>8s}")
+    for k in keys:
+        va, vb = ea[k], eb[k]
+        sa = "n/a" if va is None else f"{va:.2f} ± {ea.get(k + '_std') or 0:.2f}"
+        sb = "n/a" if vb is None else f"{vb:.2f} ± {eb.get(k + '_std') or 0:.2f}"
+        diff = "" if va is None or vb is None else f"{vb - va:+.2f}"
+        print(f"{k:26s} {sa:>18s} {sb:>18s} {diff:>8s}")
 
 
 def cmd_methods(a) -> None:
@@ -140,7 +183,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--features", nargs="+", required=True, help="train feature dirs")
         else:
             p.add_argument("--step", type=int, required=True)
-            p.add_argument("--features", help="default: data/features/<task>/train")
+            p.add_argument("--features", nargs="+",
+                           help="train feature dir(s) (default: data/features/<task>/train)")
             p.add_argument("--prev", required=True, help="step t-1 folder")
     p = verb("evaluate", cmd_evaluate, "evaluate a step on every task's test split")
     p.add_argument("--cfg", type=_json, required=True)
@@ -151,6 +195,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=_json, required=True)
     p.add_argument("--evals", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
+    p = verb("check", cmd_check, "compare metrics with the expected results (reproduction guard)")
+    p.add_argument("--cfg", type=_json, required=True, help="the full params (JSON)")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--expected", required=True)
+    p.add_argument("--out", required=True)
+    p = verb("expect", cmd_expect, "record current metrics as the expected results")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--metrics", default="reports/metrics.json")
+    p.add_argument("--out", required=True)
+    p = verb("compare", cmd_compare, "print a method-vs-method (or run-vs-run) metrics table")
+    p.add_argument("a", help="method A")
+    p.add_argument("b", help="method B")
+    p.add_argument("--metrics", default="reports/metrics.json")
+    p.add_argument("--metrics-b", help="take B from another metrics.json (another experiment)")
+    p.add_argument("--metric", nargs="+", default=["map", "r10", "zs_acc"])
     verb("methods", cmd_methods, "list the registered continual-learning methods")
     p = verb("validate", cmd_validate, "check a params file against the schema")
     p.add_argument("params", nargs="?", default="params.yaml")

@@ -74,40 +74,63 @@ def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: 
 
     Usable without any files (tests, sweeps): the strategy's state must already be loaded.
     """
+    return fit_tasks(model, strategy, cfg, [(task, xa, xb, labels)], step, seed, acc)
+
+
+def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple],
+              step: int, seed: int, acc: Accelerator | None = None) -> tuple[MultiHead, dict]:
+    """Train on one or more (task, xa, xb, labels) parts; several parts = joint training.
+
+    Every batch comes from one task (its own modality pair); with several parts the batches of
+    all tasks are interleaved in a seeded random order, so joint training sees the union.
+    """
     tc = cfg["train"]
     acc = acc or Accelerator(cpu=tc.get("cpu", False))
-    a, b = task["modalities"]
     model = model.to(acc.device)
-    ctx = TaskContext(step, task["name"], (a, b), model,
-                      {a: xa.to(acc.device), b: xb.to(acc.device),
-                       "labels": labels.to(acc.device)}, cfg, acc.device)
+    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    ctxs, loaders, mods = [], [], []
+    for task, xa, xb, labels in parts:
+        a, b = task["modalities"]
+        mods += [m for m in (a, b) if m not in mods]
+        ctxs.append(TaskContext(step, task["name"], (a, b), model,
+                                {a: xa.to(acc.device), b: xb.to(acc.device),
+                                 "labels": labels.to(acc.device)}, cfg, acc.device))
+        loaders.append(DataLoader(TensorDataset(xa, xb, labels), batch_size=tc["batch_size"],
+                                  shuffle=True, generator=gen,
+                                  drop_last=len(xa) > tc["batch_size"]))
+    ctx = ctxs[0]
     strategy.before_task(ctx)
-    params = [p for m in (a, b) for p in model.heads[m].parameters()]
+    params = [p for m in mods for p in model.heads[m].parameters()]
     params += strategy.trainable_parameters(ctx)
     opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
-    gen = torch.Generator().manual_seed(seed * 1000 + step)
-    loader = DataLoader(TensorDataset(xa, xb, labels), batch_size=tc["batch_size"],
-                        shuffle=True, generator=gen, drop_last=len(xa) > tc["batch_size"])
-    wrapped, opt, loader = acc.prepare(model, opt, loader)
+    wrapped, opt, *loaders = acc.prepare(model, opt, *loaders)
     lc = resolve(cfg.get("loss", {}))
 
     def loss_fn(batch: dict) -> torch.Tensor:
+        a, b = ctx.modalities
         emb = {m: strategy.embed(wrapped, m, batch[m]) for m in (a, b)}
         loss = info_nce(emb[a], emb[b], **lc)
         extra = strategy.extra_loss(ctx, batch, emb)
         return loss if extra is None else loss + extra
 
-    ctx.loss_fn = loss_fn
+    name = "+".join(c.task for c in ctxs)
     wrapped.train()
     losses, t0 = [], time.time()
-    for epoch in tqdm(range(tc["epochs"]), desc=f"step {step} {task['name']} [{strategy.name}]",
+    for epoch in tqdm(range(tc["epochs"]), desc=f"step {step} {name} [{strategy.name}]",
                       disable=not acc.is_local_main_process):
+        order = [i for i, ld in enumerate(loaders) for _ in range(len(ld))]
+        order = [order[j] for j in torch.randperm(len(order), generator=gen)] if len(parts) > 1 \
+            else order
+        iters = [iter(ld) for ld in loaders]
         total, n = 0.0, 0
-        for xa_b, xb_b, y_b in loader:
-            ctx.batch = {a: xa_b, b: xb_b, "labels": y_b}
+        for i in order:
+            xa_b, xb_b, y_b = next(iters[i])
+            ctx = ctxs[i]
+            ctx.loss_fn = loss_fn
+            ctx.batch = {ctx.modalities[0]: xa_b, ctx.modalities[1]: xb_b, "labels": y_b}
             loss = loss_fn(ctx.batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step} ({task['name']}, {strategy.name}): loss "
+                raise FloatingPointError(f"step {step} ({ctx.task}, {strategy.name}): loss "
                                          f"is {loss.item()} at epoch {epoch}; lower train.lr")
             acc.backward(loss)
             if tc.get("grad_clip"):
@@ -119,11 +142,14 @@ def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: 
             total, n = total + loss.item() * len(xa_b), n + len(xa_b)
         losses.append(total / max(n, 1))
     wrapped.eval()
-    ctx.batch = None
-    strategy.after_task(ctx)
-    log = {"step": step, "task": task["name"], "method": strategy.name, "seed": seed,
-           "epoch_loss": losses, "seconds": round(time.time() - t0, 3), "pairs": len(xa),
-           "num_processes": acc.num_processes, **ctx.extra}
+    for ctx in ctxs:
+        ctx.batch = None
+        strategy.after_task(ctx)
+    log = {"step": step, "task": name, "method": strategy.name, "seed": seed,
+           "epoch_loss": losses, "seconds": round(time.time() - t0, 3),
+           "pairs": sum(len(p[1]) for p in parts), "num_processes": acc.num_processes}
+    for c in ctxs:
+        log |= c.extra
     return acc.unwrap_model(wrapped), log
 
 
@@ -138,7 +164,7 @@ def load_strategy(step_dir: str | Path, model: MultiHead) -> Strategy:
 
 
 def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
-               train_dir: str | Path, prev_dir: str | Path, out_dir: str | Path) -> dict:
+               train_dir: str | Path | list, prev_dir: str | Path, out_dir: str | Path) -> dict:
     """Train task `task` starting from `prev_dir`; write model, method state and log to out_dir."""
     tc = cfg["train"]
     acc = Accelerator(cpu=tc.get("cpu", False))
@@ -149,13 +175,20 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
     prev_state = Path(prev_dir) / "state"
     strategy.load_state(prev_state if prev_state.exists() else None, model)
 
-    data = read_features(train_dir)
-    for m in task["modalities"]:
-        if m not in model.in_dims:
-            raise ValueError(f"{train_dir}: modality '{m}' has no head in {prev_dir}")
-    a, b = task["modalities"]
-    raw, log = fit_task(model, strategy, cfg, task, step, seed, torch.from_numpy(data[a]),
-                        torch.from_numpy(data[b]), torch.from_numpy(data["labels"]), acc)
+    specs = task.get("tasks", [task])  # a joint step trains on several tasks at once
+    dirs = [train_dir] if isinstance(train_dir, str | Path) else list(train_dir)
+    if len(dirs) != len(specs):
+        raise ValueError(f"step {step}: {len(specs)} task(s) but {len(dirs)} feature folder(s)")
+    parts = []
+    for spec, d in zip(specs, dirs, strict=True):
+        data = read_features(d)
+        for m in spec["modalities"]:
+            if m not in model.in_dims:
+                raise ValueError(f"{d}: modality '{m}' has no head in {prev_dir}")
+        a, b = spec["modalities"]
+        parts.append((spec, torch.from_numpy(data[a]), torch.from_numpy(data[b]),
+                      torch.from_numpy(data["labels"])))
+    raw, log = fit_tasks(model, strategy, cfg, parts, step, seed, acc)
     log |= {"start_digest": start_digest, "final_digest": weights_digest(raw)}
     if not all(math.isfinite(v) for v in log["epoch_loss"]):
         raise FloatingPointError(f"step {step}: non-finite training loss {log['epoch_loss']}")
@@ -168,6 +201,7 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
             write_json(tmp / "meta.json", {
                 "model": prev_meta["model"], "step": step, "task": task["name"],
                 "method": method, "seed": seed, "options": strategy.opts,
-                "tasks_seen": [*prev_meta.get("tasks_seen", []), task["name"]], "log": log})
+                "tasks_seen": [*prev_meta.get("tasks_seen", []), *(t["name"] for t in specs)],
+                "log": log})
     acc.wait_for_everyone()
     return log

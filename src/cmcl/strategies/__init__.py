@@ -49,6 +49,8 @@ class Strategy:
     citation: str = ""
     # JSON schema of the method's options under `methods.<name>` in params.yaml (with defaults)
     options: dict = {"properties": {}}
+    # True: the pipeline trains this method once on the union of all tasks (steps 0 and T only)
+    joint: bool = False
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg

@@ -1,0 +1,81 @@
+"""Reproduction guard: compare a run's metrics with recorded expected results.
+
+A silent change of behaviour (a dependency upgrade that disables a method's hook, a refactor
+that changes a default) must turn a run red, not just shift a table. Expected results are keyed
+by a fingerprint of every parameter that affects a method's numbers, so a deliberate params
+change is reported as "not checked" instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from cmcl.io import atomic_path, write_json
+
+RESULT_SECTIONS = ("corpora", "tasks", "sequence", "shard", "embed", "model", "loss", "eval")
+CHECKED = ("map_final_avg", "map_bwt", "r10_final_avg", "zs_acc_final_avg")
+
+
+def fingerprint(params: Mapping, method: str) -> str:
+    """Hash of everything that determines `method`'s numbers (not the other methods' options)."""
+    train = {k: v for k, v in params["train"].items() if k != "methods"}
+    blob = {**{k: params.get(k) for k in RESULT_SECTIONS}, "train": train,
+            "options": params.get("methods", {}).get(method, {}), "method": method}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def expect(metrics: Mapping, params: Mapping, out: str | Path, min_tol: float = 1.0,
+           n_std: float = 4.0) -> dict:
+    """Record the current metrics as expected: tolerance = max(min_tol, n_std * seed std)."""
+    entry = {}
+    for method, m in metrics.items():
+        vals = {k: {"value": m[k], "tol": round(max(min_tol, n_std * (m.get(f"{k}_std") or 0)), 2)}
+                for k in CHECKED if m.get(k) is not None}
+        entry[method] = {"fingerprint": fingerprint(params, method), "n_seeds": m.get("n_seeds"),
+                         "metrics": vals}
+    with atomic_path(out) as tmp:
+        tmp.write_text("# Expected results (percent); regenerate deliberately with "
+                       "`python -m cmcl expect`.\n" + yaml.safe_dump(entry, sort_keys=True))
+    return entry
+
+
+def check(metrics: Mapping, params: Mapping, expected: Mapping) -> tuple[bool, list[dict]]:
+    """Rows (method, metric, value, expected, tol, status); ok is False if any deviates."""
+    rows, ok = [], True
+    for method, m in sorted(metrics.items()):
+        exp = expected.get(method)
+        if exp is None:
+            rows.append({"method": method, "status": "not checked: no expected entry"})
+            continue
+        if exp["fingerprint"] != fingerprint(params, method):
+            rows.append({"method": method,
+                         "status": "not checked: params differ from the expected run's"})
+            continue
+        for key, e in exp["metrics"].items():
+            value = m.get(key)
+            bad = value is None or abs(value - e["value"]) > e["tol"]
+            ok &= not bad
+            rows.append({"method": method, "metric": key, "value": value,
+                         "expected": e["value"], "tol": e["tol"],
+                         "status": "DEVIATES" if bad else "ok"})
+    return ok, rows
+
+
+def run_check(metrics_path: str | Path, params: Mapping, expected_path: str | Path,
+              out: str | Path) -> bool:
+    metrics = json.loads(Path(metrics_path).read_text())
+    expected = yaml.safe_load(Path(expected_path).read_text()) or {}
+    ok, rows = check(metrics, params, expected)
+    for r in rows:
+        if "metric" in r:
+            print(f"{r['status']:9s} {r['method']:12s} {r['metric']:18s} {r['value']!s:>9} "
+                  f"(expected {r['expected']} ± {r['tol']})")
+        else:
+            print(f"{'-':9s} {r['method']:12s} {r['status']}")
+    write_json(out, {"ok": ok, "expected_file": str(expected_path), "rows": rows})
+    return ok
