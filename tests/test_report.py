@@ -133,3 +133,10 @@ def test_collect_concatenates_and_names_bad_file(tmp_path):
     df.drop(columns=["seed"]).to_parquet(broken)
     with pytest.raises(ValueError, match=r"broken_eval\.parquet.*seed"):
         collect([first, broken])
+
+
+def test_html_rendering_is_self_contained(built):
+    html = (built[0] / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "<table>" in html
+    assert html.count("data:image/png;base64,iVBOR") >= 4  # every figure inlined as a PNG
+    assert "plots/" not in html  # no link that breaks when the file is mailed

@@ -5,6 +5,7 @@ rule report:
     output:
         metrics="reports/metrics.json",
         md="reports/report.md",
+        html="reports/report.html",
         curves=report(
             "reports/plots/scores_over_steps.png",
             caption="../report/scores_over_steps.rst",

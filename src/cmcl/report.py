@@ -269,4 +269,30 @@ def build_report(df: pd.DataFrame, tasks: Sequence[Mapping], out_dir: str | Path
     text = _markdown(tasks, metrics, means, main_metric, "zs_acc" in metric_names)
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(text + "\n")
+    render_html(text, out_dir, out_dir / "report.html")
     return metrics
+
+
+HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%}"""
+
+
+def render_html(markdown_text: str, base: Path, out: Path) -> None:
+    """report.md as one self-contained HTML file (figures inlined), for mail and browsers."""
+    import base64
+
+    from markdown_it import MarkdownIt
+
+    def inline(match: re.Match) -> str:
+        png = base / match.group(2)
+        data = base64.b64encode(png.read_bytes()).decode() if png.exists() else ""
+        return f"{match.group(1)}(data:image/png;base64,{data})"
+
+    body = MarkdownIt("commonmark").enable("table").render(
+        re.sub(r"(!\[[^\]]*\])\(([^)]+\.png)\)", inline, markdown_text))
+    with atomic_path(out) as tmp:
+        tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>cmcl report"
+                       f"</title><style>{HTML_STYLE}</style></head><body>{body}</body></html>\n")
