@@ -71,6 +71,7 @@ def test_metrics_json_has_planted_values(built):
     assert ft["map_bwt_std"] == pytest.approx(0.0, abs=1e-6)
     assert ft["map_final_avg"] == pytest.approx(70.0)
     assert ft["map_final_avg_std"] == pytest.approx(1.4142, abs=1e-4)  # seeds at 71, 69
+    assert ft["map_final_avg_ci95"] == pytest.approx(12.7062 * 1.4142 / 2 ** 0.5, rel=1e-3)
     assert ft["map_forgetting"] == pytest.approx(15.0)
     assert ft["r10_bwt"] == pytest.approx(-13.5)
     assert ft["zs_acc_final_avg"] == pytest.approx(80.0)  # only "esc" has zs_acc

@@ -124,7 +124,7 @@ def cmd_compare(a) -> None:
         if name not in m:
             raise SystemExit(f"compare: no method '{name}' in the metrics ({sorted(m)})")
     ea, eb = ma[a.a], mb[a.b]
-    keys = [k for k in ea if not k.endswith("_std") and k != "n_seeds" and k in eb
+    keys = [k for k in ea if not k.endswith(("_std", "_ci95")) and k != "n_seeds" and k in eb
             and any(k.startswith(f"{m}_") for m in a.metric)]
     la, lb = f"{a.a}", f"{a.b}" + (f" ({a.metrics_b})" if a.metrics_b else "")
     print(f"{'metric':26s} {la:>18s} {lb:>18s} {'B - A':>8s}")

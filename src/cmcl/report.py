@@ -50,6 +50,17 @@ def _mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1 if x.size > 1 else 0))
 
 
+def _ci95(values: Sequence[float]) -> float:
+    """Half-width of the 95% t-interval of the seed mean (NaN with fewer than two seeds)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size < 2:
+        return math.nan
+    return float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+
+
 def _pct(x: float) -> float | None:
     return None if math.isnan(x) else round(100 * x, 4)
 
@@ -242,8 +253,10 @@ def build_report(df: pd.DataFrame, tasks: Sequence[Mapping], out_dir: str | Path
         for metric, per_metric in mats.items():
             per_run = [continual_metrics(a) for a in per_metric]
             for stat in STATS:
-                mean, std = _mean_std([p[stat] for p in per_run])
+                vals = [p[stat] for p in per_run]
+                mean, std = _mean_std(vals)
                 entry[f"{metric}_{stat}"], entry[f"{metric}_{stat}_std"] = _pct(mean), _pct(std)
+                entry[f"{metric}_{stat}_ci95"] = _pct(_ci95(vals))
         entry["n_seeds"] = len(runs)
         mean_m, std_m = _cell_stats(100 * np.stack(mats[main_metric]))
         metrics[str(method)] = entry
