@@ -137,9 +137,18 @@ def shard_urls(directory: str | Path) -> list[str]:
 
 
 def iter_samples(directory: str | Path) -> Iterator[dict]:
-    """Raw samples of a shard folder in a fixed order (no shuffling: callers decide)."""
+    """Raw samples of a shard folder in a fixed order (no shuffling: callers decide).
+
+    Members are read into memory, never extracted; a member name that climbs out of the archive
+    (`../x`, `/etc/x`) marks a crafted or corrupt tar and stops the job.
+    """
     ds = wds.WebDataset(shard_urls(directory), shardshuffle=False, empty_check=False)
-    yield from ds
+    for s in ds:
+        key = s["__key__"]
+        if key.startswith("/") or ".." in Path(key).parts:
+            raise ValueError(f"{s.get('__url__')}: member '{key}' has an unsafe path "
+                             "(absolute or '..'); refusing this tar")
+        yield s
 
 
 def npy_bytes(a: np.ndarray) -> bytes:

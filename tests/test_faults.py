@@ -1,0 +1,101 @@
+"""Faults that must never lose or corrupt results: kill -9 mid-training, crafted tars."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from cmcl.io import write_json
+
+CFG = {"model": {"embed_dim": 8}, "loss": {}, "methods": {},
+       "train": {"epochs": 400, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0,
+                 "grad_clip": 1.0}}
+TASK = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class",
+        "relevance": "label"}
+
+
+@pytest.fixture
+def step0(corpus, tmp_path):
+    from cmcl.embed import embed_split
+    from cmcl.shards import shard_task
+    from cmcl.train import init_step
+
+    shard_task(TASK, {"path": str(corpus)}, "train", tmp_path / "s")
+    embed_split(tmp_path / "s", tmp_path / "f", {"image": "pixels", "audio": "mfcc_stats"})
+    init_step(CFG, "dns", 1, [tmp_path / "f"], tmp_path / "step0")
+    return tmp_path
+
+
+def train_cmd(d, out, epochs):
+    cfg = {**CFG, "train": {**CFG["train"], "epochs": epochs}, "task": TASK}
+    return [sys.executable, "-m", "cmcl", "train", "--cfg", json.dumps(cfg), "--method", "dns",
+            "--seed", "1", "--step", "1", "--features", str(d / "f"), "--prev",
+            str(d / "step0"), "--out", str(out)]
+
+
+def test_kill_9_mid_training_leaves_nothing_and_rerun_matches(step0):
+    d = step0
+    out = d / "step1"
+    p = subprocess.Popen(train_cmd(d, out, 400), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "step 1 ia [dns]:" not in seen:  # tqdm's bar: the epoch loop is running
+        ch = p.stderr.read(1)
+        assert ch, f"training exited before its first epoch: {seen[-2000:]}"
+        seen += ch
+    time.sleep(random.uniform(0.2, 1.0))
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert not out.exists(), "a killed job must not leave a complete-looking step folder"
+
+    for target in (out, d / "again"):
+        subprocess.run(train_cmd(d, target, 20), check=True, capture_output=True)
+    a = json.loads((out / "meta.json").read_text())["log"]
+    b = json.loads((d / "again/meta.json").read_text())["log"]
+    assert a["final_digest"] == b["final_digest"]  # the rerun equals an uninterrupted run
+    assert a["epoch_loss"] == b["epoch_loss"]
+
+
+def _tar_with_member(path, name: str, payload: bytes) -> None:
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+
+
+def test_tar_with_parent_member_is_refused(tmp_path):
+    from cmcl.shards import iter_samples
+
+    _tar_with_member(tmp_path / "000000.tar", "../evil.image.npy", b"x")
+    write_json(tmp_path / "sizes.json", {"000000.tar": 1})
+    with pytest.raises(ValueError, match=r"000000\.tar: member '\.\./evil' has an unsafe path"):
+        list(iter_samples(tmp_path))
+
+
+def test_missing_shard_named_in_sizes(tmp_path):
+    from cmcl.shards import shard_urls
+
+    write_json(tmp_path / "sizes.json", {"000000.tar": 3})
+    with pytest.raises(FileNotFoundError, match="missing: \\['000000.tar'\\]"):
+        shard_urls(tmp_path)
+
+
+def test_pickle_bearing_checkpoint_is_refused(step0):
+    import torch
+
+    from cmcl.train import load_model
+
+    bad = step0 / "step0"
+    torch.save({"heads.image.weight": torch.zeros(8, 64)}, bad / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors: not a valid safetensors file"):
+        load_model(bad)
