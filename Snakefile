@@ -15,6 +15,7 @@ include: "pipeline/rules/embed.smk"
 include: "pipeline/rules/train.smk"
 include: "pipeline/rules/evaluate.smk"
 include: "pipeline/rules/report.smk"
+include: "pipeline/rules/sweep.smk"
 
 
 rule all:

@@ -136,6 +136,21 @@ def cmd_compare(a) -> None:
         print(f"{k:26s} {sa:>18s} {sb:>18s} {diff:>8s}")
 
 
+def cmd_sweep_worker(a) -> None:
+    from cmcl.sweep import worker
+
+    s = worker(a.cfg, a.features_root, a.journal, a.worker, a.out)
+    print(f"worker {a.worker}: {len(s['trials'])} trials in {s['seconds']} s")
+
+
+def cmd_sweep_best(a) -> None:
+    from cmcl.sweep import best
+
+    s = best(a.cfg, a.features_root, a.journal, a.out_dir)
+    print(json.dumps({k: s[k] for k in ("study", "n_trials", "states", "best")}, indent=1))
+    print(f"test objective of the best params: {s['test']['objective']:.4f}")
+
+
 def cmd_methods(a) -> None:
     from cmcl.strategies import discover
 
@@ -210,6 +225,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="reports/metrics.json")
     p.add_argument("--metrics-b", help="take B from another metrics.json (another experiment)")
     p.add_argument("--metric", nargs="+", default=["map", "r10", "zs_acc"])
+    for name, fn, h in (("sweep-worker", cmd_sweep_worker, "run Optuna trials until n_trials"),
+                        ("sweep-best", cmd_sweep_best, "best.yaml, figures, test scores")):
+        p = verb(name, fn, h)
+        p.add_argument("--cfg", type=_json, required=True, help="the full params (JSON)")
+        p.add_argument("--features-root", default="data/features")
+        p.add_argument("--journal", required=True, help="Optuna journal file of the study")
+        if name == "sweep-worker":
+            p.add_argument("--worker", type=int, default=0)
+            p.add_argument("--out", required=True, help="this worker's summary (JSON)")
+        else:
+            p.add_argument("--out-dir", required=True)
     verb("methods", cmd_methods, "list the registered continual-learning methods")
     p = verb("validate", cmd_validate, "check a params file against the schema")
     p.add_argument("params", nargs="?", default="params.yaml")

@@ -100,6 +100,19 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
         if enc in ENCODERS and ENCODERS[enc].modality != m:
             problems.append(f"embed.encoders.{m}: encoder '{enc}' encodes "
                             f"'{ENCODERS[enc].modality}', not '{m}'")
+    sw = params.get("sweep")
+    if sw:
+        if sw["method"] not in methods:
+            problems.append(f"sweep.method: '{sw['method']}' is not a registered method")
+        for key, spec in sw["space"].items():
+            if "." not in key and sw["method"] in methods and key not in \
+                    methods[sw["method"]].options.get("properties", {}):
+                problems.append(f"sweep.space.{key}: not an option of method '{sw['method']}' "
+                                "(use a dotted path such as train.lr for other params)")
+            if spec["type"] != "categorical" and spec["low"] > spec["high"]:
+                problems.append(f"sweep.space.{key}: low > high")
+            if spec.get("log") and spec["type"] != "categorical" and spec["low"] <= 0:
+                problems.append(f"sweep.space.{key}: a log scale needs low > 0")
     if problems:
         raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(f"  {p}" for p in problems))
     return params

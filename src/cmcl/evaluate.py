@@ -30,21 +30,27 @@ def embed(fn, modality: str, x, batch_size: int = 1024, normalize: bool = True):
     return F.normalize(z, dim=-1) if normalize else z
 
 
-def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
-                  normalize: bool, fn=None) -> dict[str, float]:
+def load_split(directory: str | Path) -> dict:
+    """Features of a split plus its class prompts (if any): what `score_task` needs."""
+    data = read_features(directory)
+    classes_file = Path(directory) / "classes.safetensors"
+    data["prompts"] = load_tensors(classes_file) if classes_file.exists() else None
+    return data
+
+
+def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: Mapping,
+               normalize: bool) -> dict[str, float]:
+    """All metrics of one task on in-memory features (test split, or a sweep's validation)."""
     a, b = task["modalities"]
-    data = read_features(test_dir)
     bs = int(ec.get("batch_size", 1024))
-    fn = fn or model
     za, zb = embed(fn, a, data[a], bs, normalize), embed(fn, b, data[b], bs, normalize)
-    labels = torch.from_numpy(data["labels"])
+    labels = torch.as_tensor(data["labels"])
     relevance = task.get("relevance") or ("label" if task.get("pairing") == "class" else "instance")
     out = retrieval_metrics(za, zb, labels if relevance == "label" else None, relevance,
                             ks=tuple(ec.get("ks", (1, 5, 10))), n_subsets=ec.get("n_subsets", 5),
                             subset_size=ec.get("subset_size", 1000), seed=ec.get("seed", 0))
-    classes_file = Path(test_dir) / "classes.safetensors"
-    if classes_file.exists() and "text" in model.in_dims and (labels >= 0).all():
-        ct = load_tensors(classes_file)
+    ct = data.get("prompts")
+    if ct is not None and has_text and (labels >= 0).all():
         keep = torch.tensor(sorted(task["classes"])) if task.get("classes") else ct["class_ids"]
         prompts = ct["prompts"][keep]  # (C, templates, d_text)
         pe = embed(fn, "text", prompts.reshape(-1, prompts.shape[-1]), bs, True)
@@ -59,6 +65,12 @@ def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
         if accs:
             out["zs_acc"] = sum(accs) / len(accs)
     return out
+
+
+def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
+                  normalize: bool, fn=None) -> dict[str, float]:
+    return score_task(fn or model, "text" in model.in_dims, task, load_split(test_dir), ec,
+                      normalize)
 
 
 def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],

@@ -51,6 +51,8 @@ class Strategy:
     options: dict = {"properties": {}}
     # True: the pipeline trains this method once on the union of all tasks (steps 0 and T only)
     joint: bool = False
+    # options that cannot change the first step (no past yet): sweeps train it once and reuse it
+    first_step_ignores: tuple[str, ...] = ()
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg

@@ -42,6 +42,9 @@ class DNS(Strategy):
         "faithful_counts": {"type": ["boolean", "null"], "default": None},
     }}
 
+    # with no past there is nothing to project: the first task is plain training
+    first_step_ignores = ("threshold_in", "threshold_out", "threshold_mode", "sides")
+
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
         p = self.opts

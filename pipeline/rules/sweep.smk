@@ -1,0 +1,61 @@
+# Optuna sweeps: `snakemake --cores 2 sweep`. Each worker is one job (one Slurm job on a
+# cluster) running trials until the study holds sweep.n_trials; sweep_best exports best.yaml.
+STUDY = config["sweep"]["study"] if config.get("sweep") else None
+
+
+rule sweep_worker:
+    """Run trials of the study (train the chain in-process, score on validation)."""
+    input:
+        train_features("train"),
+    output:
+        "results/sweep/{study}/worker{worker}.json",
+    params:
+        cfg=lambda wildcards: as_json(config),
+        journal=lambda wildcards: f"results/sweep/{wildcards.study}/journal.log",
+    conda:
+        "../envs/cmcl.yaml"
+    log:
+        "logs/sweep/{study}_worker{worker}.log",
+    benchmark:
+        "results/benchmarks/sweep/{study}_worker{worker}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m cmcl sweep-worker --cfg {params.cfg:q} "
+        "--journal {params.journal} --worker {wildcards.worker} --out {output} > {log} 2>&1"
+
+
+rule sweep_best:
+    """best.yaml (a params override), figures, and the test scores of the best params."""
+    input:
+        workers=lambda wildcards: expand(
+            "results/sweep/{study}/worker{worker}.json",
+            study=wildcards.study,
+            worker=range(config["sweep"]["n_workers"]),
+        ),
+        train=train_features("train"),
+        test=train_features("test"),
+    output:
+        best="reports/sweep/{study}/best.yaml",
+        summary="reports/sweep/{study}/summary.json",
+        history=report("reports/sweep/{study}/history.png", category="Sweep"),
+        importances=report("reports/sweep/{study}/importances.png", category="Sweep"),
+        slice=report("reports/sweep/{study}/slice.png", category="Sweep"),
+    params:
+        cfg=lambda wildcards: as_json(config),
+        journal=lambda wildcards: f"results/sweep/{wildcards.study}/journal.log",
+    conda:
+        "../envs/cmcl.yaml"
+    log:
+        "logs/sweep/{study}_best.log",
+    shell:
+        "python -m cmcl sweep-best --cfg {params.cfg:q} --journal {params.journal} "
+        "--out-dir reports/sweep/{wildcards.study} > {log} 2>&1"
+
+
+rule sweep:
+    """Target: the configured study's best params."""
+    input:
+        [f"reports/sweep/{STUDY}/best.yaml"] if STUDY else [],

@@ -1,0 +1,322 @@
+"""Optuna sweeps (projection thresholds, lr, ...) run by N concurrent worker jobs.
+
+Each worker runs whole task chains in-process with the library API, scored on a validation
+split carved from every task's *training* features (the test split is touched once, by
+`best`, after the sweep). A trial reports its running objective after every task and may be
+pruned there. The first step of a method whose first task does not depend on the swept options
+(DNS, GPM, Adam-NSCL: no past, no projection) is trained once per worker and reused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from cmcl.evaluate import load_split, score_task
+from cmcl.io import atomic_path, write_json
+from cmcl.losses import resolve
+from cmcl.metrics import continual_metrics
+from cmcl.models import MultiHead
+from cmcl.strategies import discover, get_strategy
+from cmcl.train import fit_task
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL)
+
+
+# -- search space ---------------------------------------------------------------------------
+def key_path(key: str, method: str) -> list[str]:
+    """`threshold_in` -> methods.<method>.threshold_in; dotted keys are absolute paths."""
+    return key.split(".") if "." in key else ["methods", method, key]
+
+
+def apply(params: Mapping, assignment: Mapping, method: str) -> dict:
+    """A copy of params with the assignment's values set (the best.yaml override, too)."""
+    out = copy.deepcopy(dict(params))
+    for key, value in assignment.items():
+        node = out
+        *parents, leaf = key_path(key, method)
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def suggest(trial: optuna.Trial, space: Mapping) -> dict:
+    out = {}
+    for key, spec in space.items():
+        kind, log = spec["type"], spec.get("log", False)
+        if kind == "float":
+            out[key] = trial.suggest_float(key, spec["low"], spec["high"], log=log)
+        elif kind == "int":
+            out[key] = trial.suggest_int(key, spec["low"], spec["high"], log=log)
+        else:
+            out[key] = trial.suggest_categorical(key, spec["choices"])
+    return out
+
+
+def study_name(params: Mapping) -> str:
+    """The configured name plus a fingerprint of everything a trial's score depends on, so a
+    changed space, objective or data starts a fresh study instead of mixing incomparable ones."""
+    sw = params["sweep"]
+    blob = {k: params[k] for k in ("tasks", "sequence", "shard", "embed", "model", "loss",
+                                   "train", "eval", "methods")}
+    blob["sweep"] = {k: sw[k] for k in ("method", "space", "objective", "val_fraction", "seed")}
+    digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{sw['study']}-{digest}"
+
+
+def storage(params: Mapping, journal: str | Path) -> optuna.storages.BaseStorage | str:
+    url = params["sweep"].get("storage")
+    if url:
+        return url
+    Path(journal).parent.mkdir(parents=True, exist_ok=True)
+    backend = optuna.storages.journal.JournalFileBackend(
+        str(journal), lock_obj=optuna.storages.journal.JournalFileOpenLock(f"{journal}.lock"))
+    return optuna.storages.journal.JournalStorage(backend)
+
+
+def open_study(params: Mapping, journal: str | Path, worker: int = 0) -> optuna.Study:
+    sw = params["sweep"]
+    sampler = optuna.samplers.TPESampler(seed=sw["seed"] + worker,
+                                         n_startup_trials=sw.get("n_startup_trials", 4))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=sw.get("n_startup_trials", 4),
+                                         n_warmup_steps=1)
+    return optuna.create_study(study_name=study_name(params), storage=storage(params, journal),
+                               sampler=sampler, pruner=pruner, direction="maximize",
+                               load_if_exists=True)
+
+
+# -- data -----------------------------------------------------------------------------------
+def split_validation(data: Mapping, fraction: float, seed: int) -> tuple[dict, dict]:
+    """Carve a seeded validation subset out of a task's training features."""
+    n = len(data["labels"])
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(fraction * n)))
+    idx = {"val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
+    mods = data["meta"]["modalities"]
+    parts = [{**{m: data[m][i] for m in mods}, "labels": data["labels"][i], "meta": data["meta"],
+              "prompts": data.get("prompts")} for i in (idx["train"], idx["val"])]
+    return parts[0], parts[1]
+
+
+def load_chain_data(params: Mapping, feature_root: str | Path, held_out: str) -> dict:
+    """{task: (train, eval)}: eval = carved validation ("val") or the test split ("test")."""
+    out = {}
+    for i, name in enumerate(params["sequence"]):
+        train = load_split(Path(feature_root) / name / "train")
+        if held_out == "val":
+            out[name] = split_validation(train, params["sweep"]["val_fraction"],
+                                         params["sweep"]["seed"] + i)
+        else:
+            out[name] = (train, load_split(Path(feature_root) / name / "test"))
+    return out
+
+
+# -- one chain ------------------------------------------------------------------------------
+class ChainRunner:
+    """Runs a method through the task sequence in-process and scores it on held-out data."""
+
+    def __init__(self, params: Mapping, data: Mapping, seed: int | None = None) -> None:
+        self.params, self.data = params, data
+        self.method = params["sweep"]["method"]
+        self.seed = params["train"]["seeds"][0] if seed is None else seed
+        self.acc = Accelerator(cpu=params["train"].get("cpu", False))
+        self.cache: dict[str, tuple[dict, Path]] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="cmcl-sweep-"))
+
+    def tasks(self) -> list[dict]:
+        return [{"name": t, **self.params["tasks"][t]} for t in self.params["sequence"]]
+
+    def _first_step_key(self, cfg: Mapping) -> str | None:
+        cls = discover()[self.method]
+        free = set(getattr(cls, "first_step_ignores", ()))
+        if not free:
+            return None
+        opts = {k: v for k, v in cfg["methods"].get(self.method, {}).items() if k not in free}
+        blob = {k: cfg[k] for k in ("model", "loss", "train")} | {"opts": opts}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+    def _scores(self, model, strategy, cfg) -> list[dict]:
+        ec, norm = cfg["eval"], resolve(cfg["loss"])["normalize"]
+
+        def fn(m, x):
+            return strategy.embed(model, m, x.to(self.acc.device))
+
+        with torch.no_grad():
+            return [score_task(fn, "text" in model.in_dims, t, self.data[t["name"]][1], ec, norm)
+                    for t in self.tasks()]
+
+    def run(self, cfg: Mapping, trial: optuna.Trial | None = None) -> dict:
+        """Train the whole chain with `cfg`; return objective, accuracy matrix and metrics."""
+        cfg = {**cfg, "methods": {self.method: discover()[self.method].resolve_options(
+            cfg.get("methods", {}).get(self.method, {}))}}
+        metric = cfg["sweep"]["objective"]["metric"]
+        tasks = self.tasks()
+        dims = {}
+        for t in tasks:
+            dims.update(self.data[t["name"]][0]["meta"]["dims"])
+        set_seed(self.seed, deterministic=cfg["train"].get("deterministic", True))
+        model = MultiHead(dims, cfg["model"]["embed_dim"], cfg["model"].get("bias", False))
+        model.reset(cfg["model"].get("init", "orthogonal"), self.seed)
+        strategy = get_strategy(self.method, cfg)
+        strategy.load_state(None, model)
+        rows = [[s[metric] for s in self._scores(model, strategy, cfg)]]
+        for step, task in enumerate(tasks, start=1):
+            key = self._first_step_key(cfg) if step == 1 else None
+            if key is not None and key in self.cache:
+                weights, state_dir = self.cache[key]
+                model.load_state_dict(weights)
+                strategy.load_state(state_dir, model)
+            else:
+                set_seed(self.seed * 1000 + step, deterministic=cfg["train"]["deterministic"])
+                tr = self.data[task["name"]][0]
+                a, b = task["modalities"]
+                model, _ = fit_task(model, strategy, cfg, task, step, self.seed,
+                                    torch.from_numpy(tr[a]), torch.from_numpy(tr[b]),
+                                    torch.from_numpy(tr["labels"]), self.acc)
+                if key is not None:
+                    state_dir = self.tmp / key
+                    state_dir.mkdir(exist_ok=True)
+                    strategy.save_state(state_dir)
+                    self.cache[key] = (copy.deepcopy(model.state_dict()), state_dir)
+            rows.append([s[metric] for s in self._scores(model, strategy, cfg)])
+            if trial is not None:
+                trial.report(float(np.mean(rows[-1][:step])), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after task {step}")
+        a = np.asarray(rows, dtype=float)
+        cm = continual_metrics(a)
+        bwt = 0.0 if np.isnan(cm["bwt"]) else cm["bwt"]
+        objective = cm["final_avg"] + cfg["sweep"]["objective"].get("bwt_weight", 0.0) * bwt
+        return {"objective": float(objective), "matrix": a.tolist(), "metrics": cm}
+
+
+# -- workers and results --------------------------------------------------------------------
+def worker(params: Mapping, feature_root: str | Path, journal: str | Path, worker_id: int,
+           out: str | Path) -> dict:
+    """Run trials until the study holds n_trials finished ones; never more (file-locked ask)."""
+    sw = params["sweep"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(params, journal, worker_id)
+    runner = ChainRunner(params, load_chain_data(params, feature_root, "val"))
+    reserve = optuna.storages.journal.JournalFileOpenLock(f"{journal}.reserve")
+    mine, t0 = [], time.time()
+    while True:
+        reserve.acquire()
+        try:
+            taken = [t for t in study.get_trials(deepcopy=False)
+                     if t.state in FINISHED or t.state == optuna.trial.TrialState.RUNNING]
+            if len(taken) >= sw["n_trials"]:
+                break
+            trial = study.ask()
+        finally:
+            reserve.release()
+        assignment = suggest(trial, sw["space"])
+        try:
+            res = runner.run(apply(params, assignment, sw["method"]), trial)
+            study.tell(trial, res["objective"])
+            state = "complete"
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            state = "pruned"
+        except (FloatingPointError, ValueError) as e:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            state = f"failed: {e}"
+        mine.append({"number": trial.number, "params": assignment, "state": state})
+        print(f"worker {worker_id}: trial {trial.number} {state} {assignment}", flush=True)
+    summary = {"study": study.study_name, "worker": worker_id, "trials": mine,
+               "seconds": round(time.time() - t0, 2)}
+    write_json(out, summary)
+    return summary
+
+
+def best(params: Mapping, feature_root: str | Path, journal: str | Path,
+         out_dir: str | Path) -> dict:
+    """best.yaml (a params override), figures, and the test scores of the best params."""
+    sw = params["sweep"]
+    out_dir = Path(out_dir)
+    study = open_study(params, journal)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise ValueError(f"{journal}: study '{study.study_name}' has no completed trial")
+    bt = study.best_trial
+    override = apply({}, bt.params, sw["method"])
+    with atomic_path(out_dir / "best.yaml") as tmp:
+        tmp.write_text(f"# best of study {study.study_name}: trial {bt.number}, validation "
+                       f"objective {bt.value:.6f}\n# use: snakemake --configfile "
+                       f"{out_dir / 'best.yaml'}\n" + yaml.safe_dump(override, sort_keys=True))
+    _plots(study, sw, out_dir)
+    final = apply(params, bt.params, sw["method"])
+    test = ChainRunner(final, load_chain_data(final, feature_root, "test")).run(final)
+    summary = {"study": study.study_name, "n_trials": len(trials),
+               "states": {s.name: sum(t.state == s for t in trials) for s in FINISHED},
+               "best": {"number": bt.number, "value": bt.value, "params": bt.params},
+               "test": test}
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _plots(study: optuna.Study, sw: Mapping, out_dir: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def save(fig: Figure, name: str) -> None:
+        FigureCanvasAgg(fig)
+        fig.tight_layout()
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
+    pruned = [t for t in study.get_trials(deepcopy=False)
+              if t.state == optuna.trial.TrialState.PRUNED]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.scatter([t.number for t in done], [t.value for t in done], label="complete")
+    ax.plot([t.number for t in done], np.maximum.accumulate([t.value for t in done]), "k-",
+            label="best so far")
+    for t in pruned:
+        ax.axvline(t.number, color="0.8", lw=0.8, zorder=0)
+    ax.set(xlabel="trial", ylabel="objective (validation)", title="optimisation history "
+           "(grey: pruned)")
+    ax.legend()
+    save(fig, "history.png")
+
+    try:
+        imp = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # too few trials or a constant space
+        imp = {}
+    fig = Figure(figsize=(6, 3))
+    ax = fig.add_subplot()
+    ax.barh(list(imp) or ["(not enough trials)"], list(imp.values()) or [0])
+    ax.set(xlabel="importance (fANOVA)", title="parameter importances")
+    save(fig, "importances.png")
+
+    keys = list(sw["space"])
+    fig = Figure(figsize=(4 * len(keys), 3.5))
+    for i, key in enumerate(keys, 1):
+        ax = fig.add_subplot(1, len(keys), i)
+        pts = [(t.params[key], t.value) for t in done if key in t.params]
+        if pts and not isinstance(pts[0][0], str):
+            ax.scatter(*zip(*pts, strict=True))
+            if sw["space"][key].get("log"):
+                ax.set_xscale("log")
+        elif pts:
+            labels = sorted({p for p, _ in pts})
+            ax.scatter([labels.index(p) for p, _ in pts], [v for _, v in pts])
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set(xlabel=key, ylabel="objective")
+    save(fig, "slice.png")
