@@ -136,13 +136,20 @@ def shard_urls(directory: str | Path) -> list[str]:
     return [str(directory / n) for n in sorted(sizes)]
 
 
+def _all(urls):
+    return urls
+
+
 def iter_samples(directory: str | Path) -> Iterator[dict]:
     """Raw samples of a shard folder in a fixed order (no shuffling: callers decide).
 
     Members are read into memory, never extracted; a member name that climbs out of the archive
     (`../x`, `/etc/x`) marks a crafted or corrupt tar and stops the job.
     """
-    ds = wds.WebDataset(shard_urls(directory), shardshuffle=False, empty_check=False)
+    # every process reads the whole split (features fit in memory); Accelerate's DataLoader
+    # then splits each global batch across processes
+    ds = wds.WebDataset(shard_urls(directory), shardshuffle=False, empty_check=False,
+                        nodesplitter=_all, workersplitter=_all)
     for s in ds:
         key = s["__key__"]
         if key.startswith("/") or ".." in Path(key).parts:

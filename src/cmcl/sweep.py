@@ -21,7 +21,6 @@ import numpy as np
 import optuna
 import torch
 import yaml
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from cmcl.evaluate import load_split, score_task
@@ -30,7 +29,7 @@ from cmcl.losses import resolve
 from cmcl.metrics import continual_metrics
 from cmcl.models import MultiHead
 from cmcl.strategies import discover, get_strategy
-from cmcl.train import fit_task
+from cmcl.train import fit_task, make_accelerator
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
@@ -133,7 +132,7 @@ class ChainRunner:
         self.params, self.data = params, data
         self.method = params["sweep"]["method"]
         self.seed = params["train"]["seeds"][0] if seed is None else seed
-        self.acc = Accelerator(cpu=params["train"].get("cpu", False))
+        self.acc = make_accelerator(params["train"])
         self.cache: dict[str, tuple[dict, Path]] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="cmcl-sweep-"))
 

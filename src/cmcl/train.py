@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
@@ -23,6 +23,29 @@ from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
 from cmcl.shards import read_features
 from cmcl.strategies import Strategy, TaskContext, get_strategy
+
+
+def make_accelerator(tc: dict) -> Accelerator:
+    """One Accelerator setup for every entry point: `train.batch_size` is the *global* batch,
+    split across processes, so N processes train exactly like one (same batches, same order)."""
+    accel = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    # cpu=True on a CPU-only host is what makes Accelerate join a torchrun group (gloo)
+    return Accelerator(cpu=tc.get("cpu", False) or not accel,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def gather_with_grad(acc: Accelerator, z: torch.Tensor) -> torch.Tensor:
+    """All processes' embeddings, this process's slice keeping its autograd graph.
+
+    The contrastive loss needs the negatives of the *global* batch (as open_clip's
+    gather_features); other slices are constants here and get their gradient on their own rank.
+    """
+    if acc.num_processes == 1:
+        return z
+    everyone = acc.gather(z.detach())
+    n, r = len(z), acc.process_index
+    return torch.cat([everyone[: r * n], z, everyone[(r + 1) * n:]])
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -85,7 +108,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     all tasks are interleaved in a seeded random order, so joint training sees the union.
     """
     tc = cfg["train"]
-    acc = acc or Accelerator(cpu=tc.get("cpu", False))
+    acc = acc or make_accelerator(tc)
     model = model.to(acc.device)
     gen = torch.Generator().manual_seed(seed * 1000 + step)
     ctxs, loaders, mods = [], [], []
@@ -109,7 +132,10 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     def loss_fn(batch: dict) -> torch.Tensor:
         a, b = ctx.modalities
         emb = {m: strategy.embed(wrapped, m, batch[m]) for m in (a, b)}
-        loss = info_nce(emb[a], emb[b], **lc)
+        # every rank computes the global-batch loss; DDP averages gradients over ranks, so
+        # scaling by the process count gives the gradient of one process on the whole batch
+        loss = info_nce(gather_with_grad(acc, emb[a]), gather_with_grad(acc, emb[b]), **lc)
+        loss = loss * acc.num_processes
         extra = strategy.extra_loss(ctx, batch, emb)
         return loss if extra is None else loss + extra
 
@@ -126,7 +152,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         for i in order:
             xa_b, xb_b, y_b = next(iters[i])
             ctx = ctxs[i]
-            ctx.loss_fn = loss_fn
+            ctx.loss_fn, ctx.epoch = loss_fn, epoch
             ctx.batch = {ctx.modalities[0]: xa_b, ctx.modalities[1]: xb_b, "labels": y_b}
             loss = loss_fn(ctx.batch)
             if not torch.isfinite(loss):
@@ -139,7 +165,8 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
             opt.step()
             strategy.after_optimizer_step(ctx)
             opt.zero_grad(set_to_none=True)
-            total, n = total + loss.item() * len(xa_b), n + len(xa_b)
+            lv = loss.item() / acc.num_processes  # the global-batch loss, as logged by 1 process
+            total, n = total + lv * len(xa_b), n + len(xa_b)
         losses.append(total / max(n, 1))
     wrapped.eval()
     for ctx in ctxs:
@@ -167,7 +194,7 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
                train_dir: str | Path | list, prev_dir: str | Path, out_dir: str | Path) -> dict:
     """Train task `task` starting from `prev_dir`; write model, method state and log to out_dir."""
     tc = cfg["train"]
-    acc = Accelerator(cpu=tc.get("cpu", False))
+    acc = make_accelerator(tc)
     set_seed(seed * 1000 + step, deterministic=tc.get("deterministic", True))
     model, prev_meta = load_model(prev_dir)
     start_digest = weights_digest(model)

@@ -40,6 +40,7 @@ class TaskContext:
     device: torch.device = torch.device("cpu")
     extra: dict = field(default_factory=dict)  # per-task log entries a method wants recorded
     batch: dict | None = None  # the current batch {modality: x, "labels": y}
+    epoch: int = 0
     loss_fn: Callable[[dict], torch.Tensor] | None = None  # recompute the loss (SAM-style methods)
 
 

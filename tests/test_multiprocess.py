@@ -1,0 +1,75 @@
+"""Data-parallel training (2 CPU processes, gloo) trains exactly like one process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmcl.io import load_tensors
+
+TASK = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class",
+        "relevance": "label"}
+CFG = {"model": {"embed_dim": 8}, "loss": {},
+       "methods": {"dns": {"threshold_mode": "relative", "threshold_in": 1e-3,
+                           "threshold_out": 1e-3}},
+       "train": {"epochs": 3, "batch_size": 8, "lr": 0.05, "weight_decay": 0.01,
+                 "grad_clip": 1.0}}
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Features of two tasks and a finished step 1 per method (single process)."""
+    from conftest import make_corpus
+
+    from cmcl.embed import embed_split
+    from cmcl.shards import shard_task
+    from cmcl.train import init_step, train_step
+
+    d = tmp_path_factory.mktemp("mp")
+    corpus = make_corpus(d / "corpus", n_per_class=18)
+    for name, classes in (("lo", [0, 1]), ("hi", [2, 3])):
+        task = {**TASK, "name": name, "classes": classes}
+        shard_task(task, {"path": str(corpus)}, "train", d / f"s_{name}")
+        embed_split(d / f"s_{name}", d / f"f_{name}", {"image": "pixels", "audio": "mfcc_stats"})
+    for method in ("finetune", "dns"):
+        init_step(CFG, method, 1, [d / "f_lo"], d / f"{method}0")
+        train_step(CFG, method, 1, 1, {**TASK, "name": "lo"}, d / "f_lo", d / f"{method}0",
+                   d / f"{method}1")
+    return d
+
+
+def step2(d: Path, method: str, out: Path, processes: int) -> None:
+    cfg = {**CFG, "task": {**TASK, "name": "hi", "classes": [2, 3]}}
+    args = ["-m", "cmcl", "train", "--cfg", json.dumps(cfg), "--method", method, "--seed", "1",
+            "--step", "2", "--features", str(d / "f_hi"), "--prev", str(d / f"{method}1"),
+            "--out", str(out)]
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", *args] \
+        if processes > 1 else [sys.executable, *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+
+
+@pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun not installed")
+@pytest.mark.parametrize("method", ["finetune", "dns"])
+def test_two_processes_match_one(chain, method):
+    d = chain
+    step2(d, method, d / f"{method}_p1", 1)
+    step2(d, method, d / f"{method}_p2", 2)
+    one = load_tensors(d / f"{method}_p1/model.safetensors")
+    two = load_tensors(d / f"{method}_p2/model.safetensors")
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), f"{k}: max diff " \
+            f"{(one[k] - two[k]).abs().max():.2e}"
+    log = json.loads((d / f"{method}_p2/meta.json").read_text())["log"]
+    assert log["num_processes"] == 2
+    if method == "dns":  # the subspace state is the single-process one
+        a = load_tensors(d / "dns_p1/state/subspace.safetensors")
+        b = load_tensors(d / "dns_p2/state/subspace.safetensors")
+        assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)  # fp32 sums
