@@ -40,7 +40,7 @@ def tiny_params() -> dict:
 def project(tmp_path_factory) -> Path:
     """A fresh copy of the workflow with a tiny params.yaml, run once with Snakemake."""
     d = tmp_path_factory.mktemp("proj")
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, d / name)
     shutil.copytree(ROOT / "pipeline", d / "pipeline")
     shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -105,6 +105,15 @@ def test_dvc_repro_is_idempotent_and_reruns_only_late_jobs(project):
     for rule in ("rule train", "rule embed", "rule shard", "rule init"):
         assert rule not in log, f"a late param change reran {rule}"
     assert {m: m.stat().st_mtime_ns for m in models} == stamps
+
+    # the DVC way of sweeping: an experiment with one param changed, listed with its metrics
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], project)
+    run(["dvc", "exp", "run", "-S", "eval.subset_size=25", "-n", "small-gallery"], project)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    text = json.dumps(shown)
+    assert "small-gallery" in text and "map_final_avg" in text
+    assert {m: m.stat().st_mtime_ns for m in models} == stamps  # no retraining either
 
 
 def test_bad_params_fail_before_any_job(project, tmp_path):
