@@ -124,7 +124,8 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     ctx = ctxs[0]
     strategy.before_task(ctx)
     params = [p for m in mods for p in model.heads[m].parameters()]
-    params += strategy.trainable_parameters(ctx)
+    extra_params = strategy.trainable_parameters(ctx)
+    params += extra_params
     opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
     wrapped, opt, *loaders = acc.prepare(model, opt, *loaders)
     lc = resolve(cfg.get("loss", {}))
@@ -159,6 +160,11 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
                 raise FloatingPointError(f"step {step} ({ctx.task}, {strategy.name}): loss "
                                          f"is {loss.item()} at epoch {epoch}; lower train.lr")
             acc.backward(loss)
+            if acc.num_processes > 1:  # method parameters live outside the DDP-wrapped model
+                for p in extra_params:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= acc.num_processes
             if tc.get("grad_clip"):
                 acc.clip_grad_norm_(params, tc["grad_clip"])
             strategy.before_optimizer_step(ctx)
