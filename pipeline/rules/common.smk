@@ -9,6 +9,10 @@ METHODS = config["train"]["methods"]
 SEEDS = config["train"]["seeds"]
 JOINT = {m for m, cls in discover().items() if cls.joint}
 BUILTIN_CORPORA = [n for n, c in config["corpora"].items() if c.get("builtin")]
+# tasks whose corpus holds pre-extracted features: imported, never sharded or embedded
+IMPORTED = [t for t, s in config["tasks"].items()
+            if config["corpora"][s["corpus"]].get("adapter") == "features_h5"]
+EMBEDDED = [t for t in config["tasks"] if t not in IMPORTED]
 for _name in BUILTIN_CORPORA:
     if Path(config["corpora"][_name]["path"]) != Path("data/raw") / _name:
         raise ValueError(f"corpora.{_name}.path: a builtin corpus lives at data/raw/{_name}")

@@ -12,10 +12,35 @@ rule embed:
         "logs/embed/{task}_{split}.log",
     benchmark:
         "results/benchmarks/embed/{task}_{split}.tsv"
+    wildcard_constraints:
+        task="|".join(EMBEDDED) or "^$",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
         "OMP_NUM_THREADS={threads} python -m cmcl embed --cfg {params.cfg:q} --shards {input} "
+        "--out {output} > {log} 2>&1"
+
+
+rule import_features:
+    """Pre-extracted features (corpus adapter features_h5) -> feature shards, no shard/embed."""
+    input:
+        get_corpus_dir,
+    output:
+        directory("data/features/{task}/{split}"),
+    params:
+        cfg=get_shard_cfg,
+    conda:
+        "../envs/cmcl.yaml"
+    log:
+        "logs/import/{task}_{split}.log",
+    wildcard_constraints:
+        task="|".join(IMPORTED) or "^$",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m cmcl import-features --cfg {params.cfg:q} --split {wildcards.split} "
         "--out {output} > {log} 2>&1"

@@ -47,6 +47,14 @@ def cmd_embed(a) -> None:
     print(f"embedded {n} samples -> {a.out}")
 
 
+def cmd_import_features(a) -> None:
+    from cmcl.corpora.features_h5 import import_task
+
+    c = a.cfg
+    n = import_task(c["task"], c["corpus"], a.split, a.out, c["shard"].get("max_per_class"))
+    print(f"{c['task']['name']}/{a.split}: imported {n} samples -> {a.out}")
+
+
 def cmd_init(a) -> None:
     from cmcl.train import init_step
 
@@ -178,6 +186,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=_json, required=True, help="the corpus's params entry (JSON)")
     p.add_argument("--out", required=True)
     p = verb("shard", cmd_shard, "write a task split as WebDataset shards")
+    p.add_argument("--cfg", type=_json, required=True, help='{"task":..,"corpus":..,"shard":..}')
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True)
+    p = verb("import-features", cmd_import_features,
+             "pre-extracted HDF5 features (adapter features_h5) -> feature shards")
     p.add_argument("--cfg", type=_json, required=True, help='{"task":..,"corpus":..,"shard":..}')
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True)

@@ -97,7 +97,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
             problems.append(f"corpora.{name}.path: folder '{c['path']}' does not exist "
                             "(and no `builtin` corpus is named to create it)")
     for m, enc in params["embed"]["encoders"].items():
-        if enc in ENCODERS and ENCODERS[enc].modality != m:
+        if enc in ENCODERS and ENCODERS[enc].modality not in (m, "*"):
             problems.append(f"embed.encoders.{m}: encoder '{enc}' encodes "
                             f"'{ENCODERS[enc].modality}', not '{m}'")
     sw = params.get("sweep")

@@ -57,7 +57,7 @@ def embed_split(shard_dir: str | Path, out_dir: str | Path, encoders: Mapping[st
                 "dims": {m: int(feats[m].shape[1]) for m in mods}, "dtype": dtype}
     with atomic_dir(out_dir) as tmp:
         write_shards(tmp, records(), samples_per_shard=max(1, len(samples)))
-        if meta.get("classes") and "text" in encoders:
+        if meta.get("classes") and "text" in encoders and encoders["text"] != "precomputed":
             text_enc = enc["text"] if "text" in enc else get_encoder(encoders["text"])
             prompts = _class_prompts(meta["classes"], meta.get("templates") or ["{}"], text_enc)
             save_tensors(tmp / "classes.safetensors", prompts)

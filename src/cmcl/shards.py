@@ -100,7 +100,8 @@ def write_shards(out_dir: str | Path, records: Iterable[dict], samples_per_shard
 def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
                samples_per_shard: int = 1000, max_per_class: int | None = None) -> int:
     """Shard one task split from its corpus; an empty split is an error, not an empty file."""
-    info, samples = open_corpus(task["corpus"], corpus["path"], corpus.get("adapter", "generic"))
+    info, samples = open_corpus(task["corpus"], corpus["path"], corpus.get("adapter", "generic"),
+                                corpus.get("options"))
     for m in task["modalities"]:
         if m not in info.modalities:
             raise ValueError(f"task '{task['name']}': corpus '{task['corpus']}' has no modality "

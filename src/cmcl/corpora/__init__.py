@@ -45,13 +45,17 @@ def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
     return deco
 
 
-def open_corpus(name: str, path: str | Path, adapter: str = "generic"):
-    """Return (info, sample_iterator_factory) for the corpus at `path`."""
-    from cmcl.corpora import generic  # noqa: F401  (registers adapters)
+def open_corpus(name: str, path: str | Path, adapter: str = "generic",
+                options: dict | None = None):
+    """Return (info, sample_iterator_factory) for the corpus at `path`.
+
+    `options` (the params entry's `options:` mapping) go to the adapter as keyword arguments.
+    """
+    from cmcl.corpora import features_h5, generic, paper  # noqa: F401  (registers adapters)
 
     if adapter not in ADAPTERS:
         raise ValueError(f"corpus '{name}': unknown adapter '{adapter}'; known: {sorted(ADAPTERS)}")
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"corpus '{name}': folder {path} does not exist")
-    return ADAPTERS[adapter](name, path)
+    return ADAPTERS[adapter](name, path, **(options or {}))

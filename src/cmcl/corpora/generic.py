@@ -58,7 +58,10 @@ def _label(value, f: Path, sid: str, n_classes: int | None) -> int | None:
 
 
 @register_adapter("generic")
-def generic(name: str, path: Path):
+def generic(name: str, path: Path, **options):
+    if options:
+        raise ValueError(f"corpus '{name}': adapter 'generic' takes no options "
+                         f"(got {sorted(options)})")
     rows = read_manifest(path)
     if not rows:
         raise ValueError(f"corpus '{name}': manifest in {path} has no rows")

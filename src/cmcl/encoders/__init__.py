@@ -39,6 +39,26 @@ def get_encoder(name: str) -> Encoder:
     return ENCODERS[name]()
 
 
+@register_encoder("precomputed")
+class Precomputed(Encoder):
+    """Features extracted elsewhere (e.g. the DNS authors' HDF5 files): `.npy` rows pass through.
+
+    Serves any modality (`modality` "*"); cannot encode class-name prompts, so class features
+    of such corpora come from `cmcl.corpora.features_h5.import_features`.
+    """
+
+    modality, dim = "*", 0
+
+    def encode(self, payloads, where):
+        from cmcl.shards import load_npy
+
+        out = [load_npy(p, w).astype(np.float32).reshape(-1)
+               for p, w in zip(payloads, where, strict=True)]
+        if len({x.shape for x in out}) > 1:
+            raise ValueError(f"{where[0]}: precomputed features of one batch differ in length")
+        return np.stack(out)
+
+
 @register_encoder("pixels")
 class Pixels(Encoder):
     """8x8 grey levels in [0, 1]: the digits are small enough to be their own feature."""
