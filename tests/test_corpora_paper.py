@@ -75,7 +75,7 @@ def put(root: Path, rel: str, data: bytes | str) -> Path:
 
 def rows(name: str, root: Path, **options):
     info, samples = ADAPTERS[name](name, root, **options)
-    return info, {s.id: s for s in samples()}
+    return info, {s.id: s for s in samples() if s.error is None}
 
 
 # ---------------------------------------------------------------- UCF101
@@ -121,6 +121,8 @@ def test_ucf101_bad_samples_name_corpus_sample_and_file(tmp_path):
         rows("ucf101", root)
     _, got = rows("ucf101", root, on_error="skip")
     assert len(got) == 3
+    skipped = [s for s in ADAPTERS["ucf101"]("ucf101", root, on_error="skip")[1]() if s.error]
+    assert len(skipped) == 1 and "v_YoYo_g09_c02.avi does not exist" in skipped[0].error
     put(root, "UCF-101/YoYo/v_YoYo_g09_c02.avi", b"not a video at all")
     with pytest.raises(ValueError, match=r"sample 'v_YoYo_g09_c02': video file .* unreadable"):
         rows("ucf101", root)

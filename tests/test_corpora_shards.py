@@ -101,3 +101,32 @@ def test_corrupt_npy_names_the_sample(corpus, tmp_path):
     with pytest.raises(ValueError, match=r"\+a13\.audio\.npy: not a readable \.npy"):
         embed_split(tmp_path / "s", tmp_path / "f", {"image": "pixels", "audio": "mfcc_stats"})
     assert not (tmp_path / "f").exists()
+
+
+def test_bad_samples_skipped_on_request_are_listed(corpus, tmp_path):
+    (corpus / "img/1_3.png").unlink()
+    corp = {"path": str(corpus), "options": {"on_error": "skip"}}
+    n = shard_task(TASK, corp, "train", tmp_path / "s")
+    assert n == 15  # 16 train images, one missing
+    rejected = [json.loads(x) for x in (tmp_path / "s/rejected.jsonl").read_text().splitlines()]
+    assert rejected == [{"corpus": "c", "id": "i13", "reason": rejected[0]["reason"]}]
+    assert "image file" in rejected[0]["reason"] and "1_3.png" in rejected[0]["reason"]
+    assert json.loads((tmp_path / "s/meta.json").read_text())["rejected"] == 1
+    with pytest.raises(ValueError, match="option on_error must be 'raise' or 'skip'"):
+        shard_task(TASK, {"path": str(corpus), "options": {"on_error": "ignore"}}, "train",
+                   tmp_path / "t")
+
+
+def test_sharding_is_deterministic_and_indexed(corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    for out in ("a", "b"):
+        shard_task(TASK, {"path": str(corpus)}, "train", tmp_path / out, samples_per_shard=5)
+    for f in sorted((tmp_path / "a").glob("*.tar")):
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()  # byte-identical
+    index = pq.read_table(tmp_path / "a/index.parquet").to_pylist()
+    assert len(index) == 16
+    first = index[0]
+    raw = (tmp_path / "a" / first["shard"]).read_bytes()
+    member = raw[first["offset"]: first["offset"] + first["nbytes"]]
+    assert first["key"].encode() in member[:100]  # the offset points at the sample's header

@@ -65,7 +65,7 @@ def test_outputs_cover_every_step_and_task(project):
     assert {"finetune", "dns", "joint"} <= set(metrics)
     assert metrics["joint"]["map_final_avg"] is not None and metrics["joint"]["map_bwt"] is None
     report = (project / "reports/report.md").read_text()
-    assert "label-aware" in report and "dns" in report
+    assert "label-aware" in report and "dns" in report and "Pairs train/test" in report
 
 
 def test_checkpoints_chain_step_to_step(project):

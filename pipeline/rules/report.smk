@@ -1,7 +1,8 @@
 rule report:
     """Accuracy matrices, continual-learning metrics, plots and report.md over all runs."""
     input:
-        all_evals(),
+        evals=all_evals(),
+        features=train_features("train") + train_features("test"),
     output:
         metrics="reports/metrics.json",
         md="reports/report.md",
@@ -29,7 +30,8 @@ rule report:
     log:
         "logs/report/report.log",
     shell:
-        "python -m cmcl report --cfg {params.cfg:q} --evals {input} --out-dir reports "
+        "python -m cmcl report --cfg {params.cfg:q} --evals {input.evals} "
+        "--features {input.features} --out-dir reports "
         "> {log} 2>&1"
 
 

@@ -102,7 +102,14 @@ def cmd_report(a) -> None:
     from cmcl.report import build_report, collect
 
     df = collect(a.evals)
-    build_report(df, a.cfg["tasks"], a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"))
+    tasks = [dict(t) for t in a.cfg["tasks"]]
+    for d in a.features or []:  # pair counts and rejected samples, from the feature metadata
+        meta = json.loads((Path(d) / "meta.json").read_text())
+        t = next((t for t in tasks if t["name"] == meta["task"]), None)
+        if t is not None:
+            t.setdefault("pairs", {})[meta["split"]] = meta["count"]
+            t["rejected"] = max(t.get("rejected", 0), meta.get("rejected", 0))
+    build_report(df, tasks, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"))
     print(f"report: {Path(a.out_dir) / 'report.md'}")
 
 
@@ -222,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     p = verb("report", cmd_report, "metrics.json, plots and report.md from all evaluations")
     p.add_argument("--cfg", type=_json, required=True)
     p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--features", nargs="*", help="feature dirs (their meta.json: counts)")
     p.add_argument("--out-dir", required=True)
     p = verb("check", cmd_check, "compare metrics with the expected results (reproduction guard)")
     p.add_argument("--cfg", type=_json, required=True, help="the full params (JSON)")

@@ -185,10 +185,14 @@ def _markdown(tasks: Sequence[Mapping], metrics: dict, means: dict[str, np.ndarr
               main_metric: str, has_zs: bool) -> str:
     names = [t["name"] for t in tasks]
     out = ["# Continual multimodal contrastive learning: evaluation report", "", "## Tasks", ""]
+    sizes = any("pairs" in t for t in tasks)
     out += _md_table(
-        ["Step", "Task", "Corpus", "Modalities", "Pairing", "Retrieval relevance"],
+        ["Step", "Task", "Corpus", "Modalities", "Pairing", "Retrieval relevance"]
+        + (["Pairs train/test", "Rejected samples"] if sizes else []),
         [[str(s), t["name"], str(t["corpus"]), " ↔ ".join(map(str, t["modalities"])),
           str(t["pairing"]), RELEVANCE_TEXT.get(t["relevance"], str(t["relevance"]))]
+         + ([f"{t['pairs'].get('train', '?')}/{t['pairs'].get('test', '?')}",
+             str(t.get("rejected", 0))] if sizes else [])
          for s, t in enumerate(tasks, start=1)])
     header = ["Method", "Acc", "BWT", "R@1", "R@5", "R@10", "BWT_R10"]
     keys = [f"{main_metric}_final_avg", f"{main_metric}_bwt", "r1_final_avg", "r5_final_avg",

@@ -8,6 +8,7 @@ beside the tars, as in open_clip.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,7 +18,7 @@ import numpy as np
 import webdataset as wds
 
 from cmcl.corpora import Sample, open_corpus
-from cmcl.io import atomic_dir, read_json, write_json
+from cmcl.io import atomic_dir, atomic_path, read_json, write_json
 
 KEY_OK = re.compile(r"[^A-Za-z0-9_+-]")
 
@@ -86,7 +87,8 @@ def write_shards(out_dir: str | Path, records: Iterable[dict], samples_per_shard
                 writer.close()
             shard += 1
             name = f"{prefix}{shard:06d}.tar"
-            writer, count = wds.TarWriter(str(out_dir / name)), 0
+            # fixed mtime: the same input gives byte-identical shards
+            writer, count = wds.TarWriter(str(out_dir / name), mtime=0), 0
             sizes[name] = 0
         writer.write(rec)
         count += 1
@@ -94,7 +96,30 @@ def write_shards(out_dir: str | Path, records: Iterable[dict], samples_per_shard
     if writer is not None:
         writer.close()
     write_json(out_dir / "sizes.json", sizes)
+    write_index(out_dir, sizes)
     return sizes
+
+
+def write_index(out_dir: Path, sizes: Mapping[str, int]) -> None:
+    """index.parquet: key, shard, byte offset and size of every sample's members (random
+    access and audits without untarring)."""
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows: dict[tuple[str, str], list[int]] = {}
+    for shard in sorted(sizes):
+        with tarfile.open(out_dir / shard) as tar:
+            for m in tar.getmembers():
+                key = m.name.split(".", 1)[0]
+                r = rows.setdefault((shard, key), [m.offset, 0])
+                r[1] = m.offset_data + m.size - r[0]
+    table = pa.table({"key": [k for _, k in rows], "shard": [s for s, _ in rows],
+                      "offset": [v[0] for v in rows.values()],
+                      "nbytes": [v[1] for v in rows.values()]})
+    with atomic_path(out_dir / "index.parquet") as tmp:
+        pq.write_table(table, tmp)
 
 
 def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
@@ -106,7 +131,16 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
         if m not in info.modalities:
             raise ValueError(f"task '{task['name']}': corpus '{task['corpus']}' has no modality "
                              f"'{m}' (it has {sorted(info.modalities)})")
-    pairs = task_pairs(task, samples(), split, corpus.get("seed", 0), max_per_class)
+    rejected: list[dict] = []
+
+    def good(stream):
+        for smp in stream:
+            if smp.error is not None:
+                rejected.append({"corpus": task["corpus"], "id": smp.id, "reason": smp.error})
+            else:
+                yield smp
+
+    pairs = task_pairs(task, good(samples()), split, corpus.get("seed", 0), max_per_class)
     if not pairs:
         raise ValueError(f"task '{task['name']}': split '{split}' of corpus '{task['corpus']}' "
                          f"has no sample with both {task['modalities']}")
@@ -121,10 +155,12 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
             yield rec
 
     meta = {"task": task["name"], "split": split, "modalities": list(task["modalities"]),
-            "count": len(pairs), "classes": info.classes, "templates": info.templates}
+            "count": len(pairs), "classes": info.classes, "templates": info.templates,
+            "rejected": len(rejected)}
     with atomic_dir(out_dir) as tmp:
         write_shards(tmp, records(), samples_per_shard)
         write_json(tmp / "meta.json", meta)
+        (tmp / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejected))
     return len(pairs)
 
 

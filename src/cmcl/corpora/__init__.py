@@ -21,6 +21,9 @@ class Sample:
     label: int | None
     # modality -> (extension, payload): ("txt", str) for text, ("png", bytes) for files
     data: dict[str, tuple[str, bytes | str]] = field(default_factory=dict)
+    # set instead of data when the adapter skipped a bad sample (`on_error: skip`): the reason,
+    # which sharding lists in rejected.jsonl
+    error: str | None = None
 
 
 @dataclass

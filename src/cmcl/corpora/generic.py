@@ -59,9 +59,10 @@ def _label(value, f: Path, sid: str, n_classes: int | None) -> int | None:
 
 @register_adapter("generic")
 def generic(name: str, path: Path, **options):
-    if options:
-        raise ValueError(f"corpus '{name}': adapter 'generic' takes no options "
-                         f"(got {sorted(options)})")
+    """Options: `on_error: raise|skip` (skip lists bad samples in each task's rejected.jsonl)."""
+    from cmcl.corpora.media import MissingFile, SampleError, iterate, take_options
+
+    opts = take_options(name, "generic", options, {})
     rows = read_manifest(path)
     if not rows:
         raise ValueError(f"corpus '{name}': manifest in {path} has no rows")
@@ -77,27 +78,36 @@ def generic(name: str, path: Path, **options):
     info = CorpusInfo(name, kinds, meta.get("classes"), meta.get("templates"))
     n_classes = len(info.classes) if info.classes else None
 
-    def samples() -> Iterator[Sample]:
-        for row in rows:
-            sid = str(row["id"])
+    def build(row: dict) -> Sample:
+        sid = str(row["id"])
+        try:
             s = Sample(sid, str(row["split"]), _label(row.get("label"), path, sid, n_classes))
-            for mod, kind in kinds.items():
-                value = row.get(mod)
-                if value is None or value == "":
-                    continue
-                if kind == "inline":
-                    s.data[mod] = ("txt", str(value))
-                    continue
-                file = path / str(value)
-                if not file.resolve().is_relative_to(path.resolve()):
-                    raise ValueError(f"corpus '{name}': sample '{sid}': {mod} path {value!r} "
-                                     "leaves the corpus folder")
-                try:
-                    s.data[mod] = (file.suffix.lstrip(".").lower() or "bin", file.read_bytes())
-                except FileNotFoundError:
-                    raise FileNotFoundError(
-                        f"corpus '{name}': sample '{sid}': {mod} file {file} does not exist"
-                    ) from None
-            yield s
+        except ValueError as e:
+            raise _tag(SampleError(str(e)), sid) from None
+        for mod, kind in kinds.items():
+            value = row.get(mod)
+            if value is None or value == "":
+                continue
+            if kind == "inline":
+                s.data[mod] = ("txt", str(value))
+                continue
+            file = path / str(value)
+            if not file.resolve().is_relative_to(path.resolve()):
+                raise _tag(SampleError(f"corpus '{name}': sample '{sid}': {mod} path {value!r} "
+                                       "leaves the corpus folder"), sid)
+            try:
+                s.data[mod] = (file.suffix.lstrip(".").lower() or "bin", file.read_bytes())
+            except FileNotFoundError:
+                raise _tag(MissingFile(f"corpus '{name}': sample '{sid}': {mod} file {file} "
+                                       "does not exist"), sid) from None
+        return s
+
+    def samples() -> Iterator[Sample]:
+        return iterate(rows, build, opts["on_error"])
 
     return info, samples
+
+
+def _tag(e: Exception, sample_id: str) -> Exception:
+    e.sample_id = sample_id  # type: ignore[attr-defined]  (rejected.jsonl names the sample)
+    return e

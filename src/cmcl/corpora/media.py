@@ -163,9 +163,13 @@ def audio_track_wav(data: bytes, rate: int | None = 16000, channels: int | None 
 
 
 def iterate(rows: Iterable, build: Callable[[Any], Sample], on_error: str) -> Iterator[Sample]:
-    """Build one sample per metadata row; bad samples raise, or are logged and skipped."""
+    """Build one sample per metadata row; bad samples raise, or are skipped and reported.
+
+    A skipped sample is yielded as a `Sample` carrying only `error`, so sharding can list it
+    in rejected.jsonl (nothing is skipped silently).
+    """
     skipped = 0
-    for row in rows:
+    for i, row in enumerate(rows):
         try:
             sample = build(row)
         except SampleError as e:
@@ -173,6 +177,7 @@ def iterate(rows: Iterable, build: Callable[[Any], Sample], on_error: str) -> It
                 raise
             skipped += 1
             log.warning("skipping bad sample: %s", e)
+            yield Sample(getattr(e, "sample_id", None) or f"row{i}", "", None, error=str(e))
             continue
         yield sample
     if skipped:
