@@ -36,6 +36,10 @@ test: $(STAMP)
 test-all: PYTEST_ARGS :=
 test-all: test
 
+BENCH_ARGS ?= --device cpu
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/snakemake --lint
