@@ -22,13 +22,7 @@ EMBED = 4
 METHODS = ["ewc", "lwf", "er", "der", "derpp", "gem", "agem"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra intra-op threads only spin against other jobs on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(method: str = "finetune", **opts) -> dict:

@@ -21,13 +21,7 @@ EMBED = 4
 EQUAL_T = {"ird_current_temperature": 0.2, "ird_past_temperature": 0.2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra intra-op threads only spin against other jobs on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(method: str = "finetune", **opts) -> dict:
