@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_train import write_feature_split
-from benchlib import CLOCKS, add_common_args, figure, median, setup, sync
+from benchlib import CLOCKS, add_common_args, figure, median, save_result, setup, sync
 
-from cmcl.io import write_json
 from cmcl.shards import read_features, write_shards
 
 KINDS = {  # name: (extension, median bytes, log-normal sigma, share of the files)
@@ -216,11 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     env["loadavg_end"] = os.getloadavg()
     out = {"benchmark": "io", "env": env, "figures": figures, "sharding": a,
            "feature_read": b, "config": {"files": n_files, "pairs": pairs, "d": args.dim,
-                                         "repeats": repeats},
-           "total_seconds": round(time.perf_counter() - t0, 1)}
-    write_json(args.out, out)
-    print(f"wrote {args.out} in {out['total_seconds']:.0f} s")
-    return out
+                                         "repeats": repeats}}
+    return save_result(out, args.out, t0)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
-from benchlib import add_common_args, figure, median, setup
-
-from cmcl.io import write_json
+from benchlib import add_common_args, figure, median, save_result, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -208,11 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     env["loadavg_end"] = os.getloadavg()
     out = {"benchmark": "orchestration", "env": env, "figures": figures, "snakemake": a,
            "dvc": b, "config": {"tasks": args.tasks, "methods": METHODS[:n_methods],
-                                "seeds": seeds, "repeats": repeats, "dvc": do_dvc},
-           "total_seconds": round(time.perf_counter() - t0, 1)}
-    write_json(args.out, out)
-    print(f"wrote {args.out} in {out['total_seconds']:.0f} s")
-    return out
+                                "seeds": seeds, "repeats": repeats, "dvc": do_dvc}}
+    return save_result(out, args.out, t0)
 
 
 if __name__ == "__main__":

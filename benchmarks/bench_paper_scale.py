@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_train import write_feature_split
-from benchlib import add_common_args, figure, setup
+from benchlib import add_common_args, figure, save_result, setup
 
 from cmcl.io import save_tensors, write_json
 
@@ -294,11 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
                       "full_test_pairs": TEST_FULL, "d": args.dim, "embed_dim": emb,
                       "epochs": epochs, "batch_size": 64, "modalities": MODALITIES,
                       "methods": args.methods, "anchor": anchor, "memory_probe": probe},
-           "runs": runs, "memory_probe": mem, "extrapolated_full": extra,
-           "total_seconds": round(time.perf_counter() - t0, 1)}
-    write_json(args.out, out)
-    print(f"wrote {args.out} in {out['total_seconds']:.0f} s")
-    return out
+           "runs": runs, "memory_probe": mem, "extrapolated_full": extra}
+    return save_result(out, args.out, t0)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from bench_subspace import device_name, sync  # one definition of the device name
 
+from cmcl.io import write_json
+
 __all__ = ["CLOCKS", "add_common_args", "device_name", "env_info", "figure", "median",
            "setup", "sync", "timed"]
 
@@ -84,3 +86,11 @@ def timed(fn: Callable[[], object], clock: Callable[[], float],
     if device is not None:
         sync(device)
     return clock() - t, res
+
+
+def save_result(out: dict, path: str, t0: float) -> dict:
+    """Stamp the total run time, write the JSON atomically and say where it went."""
+    out["total_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(path, out)
+    print(f"wrote {path} in {out['total_seconds']:.0f} s")
+    return out

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import cmcl.config as cmcl_config
 from cmcl.strategies import discover
 
 SEQ = config["sequence"]
@@ -31,7 +32,7 @@ def as_json(obj):
 
 
 def task_spec(name):
-    return {"name": name, **config["tasks"][name]}
+    return cmcl_config.task_spec(config, name)
 
 
 def get_corpus_dir(wildcards):
@@ -70,10 +71,7 @@ def get_train_cfg(wildcards):
     """Only this method's options: tuning one method never reruns another's jobs."""
     keys = ("model", "loss", "train")
     opts = {wildcards.method: config["methods"].get(wildcards.method, {})}
-    if wildcards.method in JOINT:
-        task = {"name": "joint", "tasks": [task_spec(t) for t in SEQ]}
-    else:
-        task = task_spec(SEQ[int(wildcards.step) - 1])
+    task = cmcl_config.step_task(config, wildcards.method, int(wildcards.step))
     return as_json({**{k: config[k] for k in keys}, "methods": opts, "task": task})
 
 

@@ -67,16 +67,12 @@ def _train_cfg(a) -> dict:
         return a.cfg
     if a.params is None:
         raise SystemExit("train: give --cfg (JSON) or --params (a params.yaml)")
-    from cmcl.config import load, task_spec
-    from cmcl.strategies import discover
+    from cmcl.config import load, step_task
 
     p = load(a.params)
     if not 1 <= a.step <= len(p["sequence"]):
         raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequence'])} of {a.params}")
-    if discover()[a.method].joint:
-        task = {"name": "joint", "tasks": [task_spec(p, t) for t in p["sequence"]]}
-    else:
-        task = task_spec(p, p["sequence"][a.step - 1])
+    task = step_task(p, a.method, a.step)
     return {**{k: p[k] for k in ("model", "loss", "train", "methods")}, "task": task}
 
 

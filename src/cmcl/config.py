@@ -134,3 +134,13 @@ def load(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:
 def task_spec(params: Mapping, name: str) -> dict:
     """A task's settings plus its name: what shard/train/evaluate receive."""
     return {"name": name, **params["tasks"][name]}
+
+
+def step_task(params: Mapping, method: str, step: int) -> dict:
+    """What training step `step` of `method` trains on: one task, or all of them for a joint
+    method (its single step T over the union)."""
+    from cmcl.strategies import discover
+
+    if discover()[method].joint:
+        return {"name": "joint", "tasks": [task_spec(params, t) for t in params["sequence"]]}
+    return task_spec(params, params["sequence"][step - 1])
