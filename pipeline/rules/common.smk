@@ -3,12 +3,12 @@ import json
 from pathlib import Path
 
 import cmcl.config as cmcl_config
-from cmcl.strategies import discover
+from cmcl.catalog import methods as method_catalog
 
 SEQ = config["sequence"]
 METHODS = config["train"]["methods"]
 SEEDS = config["train"]["seeds"]
-JOINT = {m for m, cls in discover().items() if cls.joint}
+JOINT = {m for m, info in method_catalog().items() if info.joint}
 BUILTIN_CORPORA = [n for n, c in config["corpora"].items() if c.get("builtin")]
 # tasks whose corpus holds pre-extracted features: imported, never sharded or embedded
 IMPORTED = [t for t, s in config["tasks"].items()

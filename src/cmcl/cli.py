@@ -163,10 +163,10 @@ def cmd_sweep_best(a) -> None:
 
 
 def cmd_methods(a) -> None:
-    from cmcl.strategies import discover
+    from cmcl.catalog import methods
 
-    for name, cls in sorted(discover().items()):
-        print(f"{name:12s} {cls.description}\n{'':12s} [{cls.citation}]")
+    for name, info in methods().items():
+        print(f"{name:12s} {info.description}\n{'':12s} [{info.citation}]")
 
 
 def cmd_validate(a) -> None:

@@ -49,8 +49,9 @@ def load_schema(path: str | Path = SCHEMA) -> dict:
 
 def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "params") -> dict:
     """Validate and return a defaults-filled copy; raise ParamsError naming the bad key."""
+    from cmcl.catalog import methods as catalog
+    from cmcl.catalog import resolve_options
     from cmcl.encoders import ENCODERS
-    from cmcl.strategies import discover
 
     schema = load_schema(schema_path)
     params = copy.deepcopy(dict(params))
@@ -62,7 +63,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     _defaults(schema, params, schema)
 
     problems = []
-    methods = discover()
+    methods = catalog()
     for i, m in enumerate(params["train"]["methods"]):
         if m not in methods:
             problems.append(f"train.methods[{i}]: '{m}' is not a registered method "
@@ -73,7 +74,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
                             f"({sorted(methods)})")
             continue
         try:
-            params["methods"][m] = methods[m].resolve_options(opts)
+            params["methods"][m] = resolve_options(methods[m], opts)
         except ValueError as e:
             problems.extend(line.strip() for line in str(e).splitlines()[1:])
     for name, t in params["tasks"].items():
@@ -139,8 +140,8 @@ def task_spec(params: Mapping, name: str) -> dict:
 def step_task(params: Mapping, method: str, step: int) -> dict:
     """What training step `step` of `method` trains on: one task, or all of them for a joint
     method (its single step T over the union)."""
-    from cmcl.strategies import discover
+    from cmcl.catalog import methods
 
-    if discover()[method].joint:
+    if methods()[method].joint:
         return {"name": "joint", "tasks": [task_spec(params, t) for t in params["sequence"]]}
     return task_spec(params, params["sequence"][step - 1])

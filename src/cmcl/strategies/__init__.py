@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from cmcl.catalog import MethodInfo, resolve_options
 from cmcl.models import MultiHead
 
 REGISTRY: dict[str, type[Strategy]] = {}
@@ -60,25 +61,14 @@ class Strategy:
         self.opts = self.resolve_options(cfg.get("methods", {}).get(self.name, {}))
 
     @classmethod
-    def options_schema(cls) -> dict:
-        return {"type": "object", "additionalProperties": False, **cls.options}
+    def info(cls) -> MethodInfo:
+        return MethodInfo(cls.name, cls.description, cls.citation, cls.options, cls.joint,
+                          tuple(cls.first_step_ignores))
 
     @classmethod
     def resolve_options(cls, given: dict, where: str | None = None) -> dict:
         """Validate options against the method's schema and fill its defaults."""
-        import jsonschema
-
-        where = where or f"methods.{cls.name}"
-        errors = list(jsonschema.Draft202012Validator(cls.options_schema()).iter_errors(given))
-        if errors:
-            lines = [f"  {'.'.join([where, *map(str, e.absolute_path)])}: {e.message}"
-                     for e in errors]
-            raise ValueError("invalid method options\n" + "\n".join(lines))
-        out = dict(given)
-        for key, sub in cls.options.get("properties", {}).items():
-            if key not in out and "default" in sub:
-                out[key] = sub["default"]
-        return out
+        return resolve_options(cls.info(), given, where)
 
     # -- state carried from step to step ------------------------------------------------
     def load_state(self, directory: Path | None, model: MultiHead) -> None:
