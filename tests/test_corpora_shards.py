@@ -130,3 +130,103 @@ def test_sharding_is_deterministic_and_indexed(corpus, tmp_path):
     raw = (tmp_path / "a" / first["shard"]).read_bytes()
     member = raw[first["offset"]: first["offset"] + first["nbytes"]]
     assert first["key"].encode() in member[:100]  # the offset points at the sample's header
+
+
+def test_tars_equal_webdataset_tarwriter(tmp_path):
+    """cmcl.tario writes what webdataset's TarWriter(mtime=0) writes, byte for byte."""
+    import webdataset as wds
+
+    from cmcl.shards import write_shards
+
+    rng = np.random.default_rng(0)
+    recs = [{"__key__": f"s{i}" + "x" * (120 * (i == 2)), "json": {"id": f"a{i}", "label": i},
+             "cls": i, "text.txt": "é" * i, "image.png": rng.bytes(int(rng.integers(0, 2000)))}
+            for i in range(5)]
+    (tmp_path / "a").mkdir()
+    write_shards(tmp_path / "a", recs, samples_per_shard=100)
+    with wds.TarWriter(str(tmp_path / "b.tar"), mtime=0) as w:
+        for r in recs:
+            w.write(r)
+    assert (tmp_path / "a/000000.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    got = list(iter_samples(tmp_path / "a"))  # long (PAX) names read back too
+    assert [s["__key__"] for s in got] == [r["__key__"] for r in recs]
+    assert got[3]["text.txt"].decode() == "ééé" and got[4]["image.png"] == recs[4]["image.png"]
+
+
+def test_index_has_ids_splits_labels_and_byte_ranges(corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    task = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class"}
+    shard_task(task, {"path": str(corpus)}, "test", tmp_path / "s", samples_per_shard=3)
+    table = pq.read_table(tmp_path / "s/index.parquet")
+    assert table.column_names == ["key", "id", "split", "label", "shard", "offset", "nbytes"]
+    rows = table.to_pylist()
+    samples = list(iter_samples(tmp_path / "s"))
+    assert [r["key"] for r in rows] == [s["__key__"] for s in samples]
+    for r, s in zip(rows, samples, strict=True):
+        assert r["id"] == json.loads(s["json"])["id"] and "+" in r["id"]
+        assert r["split"] == "test" and r["label"] == int(s["cls"])
+        raw = (tmp_path / "s" / r["shard"]).read_bytes()[r["offset"]: r["offset"] + r["nbytes"]]
+        assert raw.startswith(f"{r['key']}.".encode()) and raw.endswith(s["json"])
+    shard_task(TASK, {"path": str(corpus)}, "test", tmp_path / "t")  # captions: no label column
+    none = tmp_path / "u"
+    none.mkdir()
+    from cmcl.shards import write_shards
+
+    write_shards(none, [{"__key__": "k", "x.txt": "a"}], 10)
+    row = pq.read_table(none / "index.parquet").to_pylist()[0]
+    assert row["id"] is None and row["label"] is None and row["split"] is None
+
+
+def test_shards_roll_over_at_max_bytes_and_workers_do_not_change_bytes(corpus, tmp_path):
+    corp = {"path": str(corpus)}
+    sizes = {}
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        shard_task(TASK, corp, "train", out, samples_per_shard=100, workers=w,
+                   max_shard_bytes=12 * 1024)
+        sizes[w] = json.loads((out / "sizes.json").read_text())
+    assert sizes[1] == sizes[2] and len(sizes[1]) > 1 and sum(sizes[1].values()) == 16
+    files = sorted(p.name for p in (tmp_path / "w1").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "w2").iterdir())
+    for name in files:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
+    for tar in (tmp_path / "w1").glob("*.tar"):
+        assert tar.stat().st_size <= 12 * 1024 and tar.stat().st_size % 10240 == 0
+    assert list(iter_samples(tmp_path / "w1"))[0]["text.txt"]
+
+
+def test_only_the_requested_split_is_read(corpus, tmp_path):
+    (corpus / "img/1_4.png").unlink()  # a train sample: the test split never opens it
+    corp = {"path": str(corpus)}
+    assert shard_task(TASK, corp, "test", tmp_path / "s", workers=2) == 8
+    with pytest.raises(FileNotFoundError, match="sample 'i14'"):
+        shard_task(TASK, corp, "train", tmp_path / "t", workers=2)
+    _, samples = open_corpus("c", corpus)
+    assert {s.split for s in samples("test")} == {"test"}
+
+
+def test_read_features_refuses_mixed_shapes_and_truncated_npy(tmp_path):
+    from cmcl.shards import npy_bytes, write_shards
+
+    def folder(name, arrays, raw=None):
+        d = tmp_path / name
+        d.mkdir()
+        recs = [{"__key__": f"k{i}", "cls": i, "image.npy": raw if raw and i == 2 else npy_bytes(a)}
+                for i, a in enumerate(arrays)]
+        write_shards(d, recs, 2)
+        (d / "meta.json").write_text(json.dumps({"modalities": ["image"]}))
+        return d
+
+    ok = [np.arange(4, dtype=np.float16) + i for i in range(5)]
+    feats = read_features(folder("ok", ok))
+    np.testing.assert_array_equal(feats["image"], np.stack(ok).astype(np.float32))
+    assert feats["image"].dtype == np.float32 and list(feats["labels"]) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"000001\.tar:k2\.image\.npy: 'image' features of "
+                                         r"shape \(5,\)"):
+        read_features(folder("shape", [*ok[:2], np.zeros(5, np.float16), *ok[3:]]))
+    with pytest.raises(ValueError, match=r"dtype float32, but earlier samples have \(4,\) and "
+                                         "float16"):
+        read_features(folder("dtype", [*ok[:2], np.zeros(4, np.float32), *ok[3:]]))
+    with pytest.raises(ValueError, match=r"k2\.image\.npy: not a readable \.npy"):
+        read_features(folder("cut", ok, raw=npy_bytes(ok[0])[:-2]))

@@ -1,8 +1,11 @@
-"""WebDataset shards: task pairs in, tars + sizes.json out; and the one reader of feature shards.
+"""WebDataset shards: task pairs in, tars + sizes.json + index.parquet out; and the one reader
+of feature shards.
 
 A task shard sample holds both modalities of the pair (`<modality>.<ext>`), the class (`cls`)
 and provenance (`json`: the corpus ids of both sides). Dataset length comes from sizes.json
-beside the tars, as in open_clip.
+beside the tars, as in open_clip; index.parquet gives every sample's id, split, label, shard
+and byte range, so readers can seek instead of scanning. Tars are standard WebDataset tars
+(byte-identical to webdataset's `TarWriter(mtime=0)`), written and parsed by `cmcl.tario`.
 """
 
 from __future__ import annotations
@@ -15,30 +18,35 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
+from tqdm import tqdm
 
+from cmcl import tario
 from cmcl.corpora import Sample, open_corpus
 from cmcl.io import atomic_dir, atomic_path, read_json, write_json
+from cmcl.tario import npy_bytes  # noqa: F401  (re-exported: embed and importers use it)
 
 KEY_OK = re.compile(r"[^A-Za-z0-9_+-]")
+Pair = tuple[str, int | None, dict]
 
 
-def task_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int = 0,
-               max_per_class: int | None = None) -> list[tuple[str, int | None, dict]]:
-    """Form the (key, label, {modality: (ext, payload)}) pairs of one task split.
+def iter_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int = 0,
+               max_per_class: int | None = None) -> Iterator[Pair]:
+    """Yield the (key, label, {modality: (ext, payload)}) pairs of one task split.
 
-    pairing "sample": both modalities come from the same corpus row.
+    pairing "sample": both modalities come from the same corpus row; streamed, so a corpus
+    larger than memory shards in constant memory.
     pairing "class": items of modality a and b with the same label are matched; the smaller
-    side is cycled so that every item of the larger side appears once (seeded shuffle).
+    side is cycled so that every item of the larger side appears once (seeded shuffle). This
+    needs every item of the split at once, so it holds the split's payloads in memory.
     """
     a, b = task["modalities"]
     classes = task.get("classes")
     keep = set(classes) if classes else None
-    rows = [s for s in samples if s.split == split and (keep is None or s.label in keep)]
+    rows = (s for s in samples if s.split == split and (keep is None or s.label in keep))
     if task.get("pairing", "sample") == "sample":
-        out = [(s.id, s.label, {a: s.data[a], b: s.data[b]}) for s in rows
-               if a in s.data and b in s.data]
-        return _cap(out, max_per_class)
+        yield from _cap(((s.id, s.label, {a: s.data[a], b: s.data[b]}) for s in rows
+                         if a in s.data and b in s.data), max_per_class)
+        return
     rng = np.random.default_rng(seed)
     side: dict[str, dict[int, list[Sample]]] = {a: defaultdict(list), b: defaultdict(list)}
     for s in rows:
@@ -57,74 +65,98 @@ def task_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int =
         for i in range(n):
             sa, sb = xs[i % len(xs)], ys[i % len(ys)]
             out.append((f"{sa.id}+{sb.id}", label, {a: sa.data[a], b: sb.data[b]}))
-    return _cap(out, max_per_class)
+    yield from _cap(out, max_per_class)
 
 
-def _cap(pairs: list, max_per_class: int | None) -> list:
+def task_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int = 0,
+               max_per_class: int | None = None) -> list[Pair]:
+    """All pairs of `iter_pairs` as a list."""
+    return list(iter_pairs(task, samples, split, seed, max_per_class))
+
+
+def _cap(pairs: Iterable[Pair], max_per_class: int | None) -> Iterator[Pair]:
     if max_per_class is None:
-        return pairs
+        yield from pairs
+        return
     seen: dict = defaultdict(int)
-    kept = []
     for p in pairs:
         if seen[p[1]] < max_per_class:
             seen[p[1]] += 1
-            kept.append(p)
-    return kept
+            yield p
 
 
 def write_shards(out_dir: str | Path, records: Iterable[dict], samples_per_shard: int,
-                 prefix: str = "") -> dict[str, int]:
-    """Write WebDataset tars `<prefix>NNNNNN.tar` + sizes.json into `out_dir`.
+                 prefix: str = "", max_shard_bytes: int | None = None,
+                 split: str | None = None) -> dict[str, int]:
+    """Write WebDataset tars `<prefix>NNNNNN.tar` + sizes.json + index.parquet into `out_dir`.
 
+    A tar rolls over after `samples_per_shard` samples or before the sample that would make it
+    exceed `max_shard_bytes` (a single larger sample gets a tar of its own). The bytes depend
+    only on the records (mtime 0), so the same input gives byte-identical shards.
     Callers wrap this in `atomic_dir`, so the folder appears only once complete.
     """
     out_dir = Path(out_dir)
     sizes: dict[str, int] = {}
-    writer, count, shard = None, 0, -1
+    index: list[tuple] = []
+    tar: tario.TarOut | None = None
+    name = ""
     for rec in records:
-        if writer is None or count == samples_per_shard:
-            if writer is not None:
-                writer.close()
-            shard += 1
-            name = f"{prefix}{shard:06d}.tar"
-            # fixed mtime: the same input gives byte-identical shards
-            writer, count = wds.TarWriter(str(out_dir / name), mtime=0), 0
-            sizes[name] = 0
-        writer.write(rec)
-        count += 1
+        chunks = tario.record_bytes(tario.encode(rec))
+        nbytes = sum(len(c) for c in chunks)
+        full = tar is not None and (
+            sizes[name] == samples_per_shard
+            or (max_shard_bytes is not None
+                and tario.closed_size(tar.size + nbytes) > max_shard_bytes))
+        if tar is None or full:
+            if tar is not None:
+                tar.close()
+            name = f"{prefix}{len(sizes):06d}.tar"
+            tar, sizes[name] = tario.TarOut(out_dir / name), 0
+        offset, span = tar.add(chunks)
         sizes[name] += 1
-    if writer is not None:
-        writer.close()
+        index.append((rec["__key__"], *_provenance(rec), name, offset, span))
+    if tar is not None:
+        tar.close()
     write_json(out_dir / "sizes.json", sizes)
-    write_index(out_dir, sizes)
+    write_index(out_dir, index, split)
     return sizes
 
 
-def write_index(out_dir: Path, sizes: Mapping[str, int]) -> None:
-    """index.parquet: key, shard, byte offset and size of every sample's members (random
-    access and audits without untarring)."""
-    import tarfile
+def _provenance(rec: Mapping) -> tuple[str | None, int | None]:
+    """(corpus id(s), label) of a record, from its json member (dict or encoded bytes)."""
+    meta = rec.get("json")
+    if isinstance(meta, bytes | str):
+        meta = json.loads(meta)
+    meta = meta if isinstance(meta, dict) else {}
+    label = meta.get("label", rec.get("cls"))
+    return (None if meta.get("id") is None else str(meta["id"]),
+            None if label is None else int(label))
 
+
+def write_index(out_dir: Path, rows: list[tuple], split: str | None = None) -> None:
+    """index.parquet, one row per sample: key, id, split, label, shard, byte offset and size
+    of the sample's members (random access, streaming splits and audits without untarring)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows: dict[tuple[str, str], list[int]] = {}
-    for shard in sorted(sizes):
-        with tarfile.open(out_dir / shard) as tar:
-            for m in tar.getmembers():
-                key = m.name.split(".", 1)[0]
-                r = rows.setdefault((shard, key), [m.offset, 0])
-                r[1] = m.offset_data + m.size - r[0]
-    table = pa.table({"key": [k for _, k in rows], "shard": [s for s, _ in rows],
-                      "offset": [v[0] for v in rows.values()],
-                      "nbytes": [v[1] for v in rows.values()]})
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 6
+    schema = pa.schema([("key", pa.string()), ("id", pa.string()), ("split", pa.string()),
+                        ("label", pa.int64()), ("shard", pa.string()), ("offset", pa.int64()),
+                        ("nbytes", pa.int64())])
+    table = pa.table([list(cols[0]), list(cols[1]), [split] * len(rows), list(cols[2]),
+                      list(cols[3]), list(cols[4]), list(cols[5])], schema=schema)
     with atomic_path(out_dir / "index.parquet") as tmp:
         pq.write_table(table, tmp)
 
 
 def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
-               samples_per_shard: int = 1000, max_per_class: int | None = None) -> int:
-    """Shard one task split from its corpus; an empty split is an error, not an empty file."""
+               samples_per_shard: int = 1000, max_per_class: int | None = None,
+               workers: int = 1, max_shard_bytes: int | None = None) -> int:
+    """Shard one task split from its corpus; an empty split is an error, not an empty file.
+
+    `workers` > 1 reads and decodes samples in that many processes; the output is the same
+    bytes for any `workers` (samples keep the corpus order). Only the requested split is read.
+    """
     info, samples = open_corpus(task["corpus"], corpus["path"], corpus.get("adapter", "generic"),
                                 corpus.get("options"))
     for m in task["modalities"]:
@@ -133,19 +165,15 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
                              f"'{m}' (it has {sorted(info.modalities)})")
     rejected: list[dict] = []
 
-    def good(stream):
-        for smp in stream:
+    def good(stream: Iterable[Sample]) -> Iterator[Sample]:
+        for smp in tqdm(stream, desc=f"shard {task['name']}/{split}", unit="sample",
+                        leave=False, disable=None):
             if smp.error is not None:
                 rejected.append({"corpus": task["corpus"], "id": smp.id, "reason": smp.error})
             else:
                 yield smp
 
-    pairs = task_pairs(task, good(samples()), split, corpus.get("seed", 0), max_per_class)
-    if not pairs:
-        raise ValueError(f"task '{task['name']}': split '{split}' of corpus '{task['corpus']}' "
-                         f"has no sample with both {task['modalities']}")
-
-    def records() -> Iterator[dict]:
+    def records(pairs: Iterable[Pair]) -> Iterator[dict]:
         for key, label, data in pairs:
             rec = {"__key__": KEY_OK.sub("_", key), "json": {"id": key, "label": label}}
             if label is not None:
@@ -154,14 +182,20 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
                 rec[f"{m}.{ext}"] = payload
             yield rec
 
-    meta = {"task": task["name"], "split": split, "modalities": list(task["modalities"]),
-            "count": len(pairs), "classes": info.classes, "templates": info.templates,
-            "rejected": len(rejected)}
+    pairs = iter_pairs(task, good(samples(split, workers=workers)), split,
+                       corpus.get("seed", 0), max_per_class)
     with atomic_dir(out_dir) as tmp:
-        write_shards(tmp, records(), samples_per_shard)
+        n = sum(write_shards(tmp, records(pairs), samples_per_shard, "", max_shard_bytes,
+                             split).values())
+        if not n:
+            raise ValueError(f"task '{task['name']}': split '{split}' of corpus "
+                             f"'{task['corpus']}' has no sample with both {task['modalities']}")
+        meta = {"task": task["name"], "split": split, "modalities": list(task["modalities"]),
+                "count": n, "classes": info.classes, "templates": info.templates,
+                "rejected": len(rejected)}
         write_json(tmp / "meta.json", meta)
         (tmp / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejected))
-    return len(pairs)
+    return n
 
 
 def shard_urls(directory: str | Path) -> list[str]:
@@ -173,32 +207,18 @@ def shard_urls(directory: str | Path) -> list[str]:
     return [str(directory / n) for n in sorted(sizes)]
 
 
-def _all(urls):
-    return urls
-
-
 def iter_samples(directory: str | Path) -> Iterator[dict]:
-    """Raw samples of a shard folder in a fixed order (no shuffling: callers decide).
+    """Raw samples of a shard folder in a fixed order (no shuffling: callers decide), as
+    webdataset dicts: `__key__`, `__url__` and one bytes value per member suffix.
 
     Members are read into memory, never extracted; a member name that climbs out of the archive
     (`../x`, `/etc/x`) marks a crafted or corrupt tar and stops the job.
     """
-    # every process reads the whole split (features fit in memory); Accelerate's DataLoader
-    # then splits each global batch across processes
-    ds = wds.WebDataset(shard_urls(directory), shardshuffle=False, empty_check=False,
-                        nodesplitter=_all, workersplitter=_all)
-    for s in ds:
-        key = s["__key__"]
-        if key.startswith("/") or ".." in Path(key).parts:
-            raise ValueError(f"{s.get('__url__')}: member '{key}' has an unsafe path "
-                             "(absolute or '..'); refusing this tar")
-        yield s
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
+    for url in shard_urls(directory):
+        with tario.open_map(Path(url)) as buf:
+            for key, parts in tario.samples(buf, url):
+                yield {"__key__": key, "__url__": url,
+                       **{k: bytes(buf[o:o + n]) for k, (o, n) in parts.items()}}
 
 
 def load_npy(payload: bytes, where: str) -> np.ndarray:
@@ -208,18 +228,72 @@ def load_npy(payload: bytes, where: str) -> np.ndarray:
         raise ValueError(f"{where}: not a readable .npy array ({e})") from None
 
 
+class _Rows:
+    """Feature rows of one modality copied straight from the tar bytes into one array.
+
+    The .npy header of the first sample is parsed once; a later payload with exactly that
+    header and size is copied with `np.frombuffer` (no per-sample `np.load`). Anything else
+    goes through `load_npy`, so a corrupt payload, another shape or another dtype is an error
+    naming the tar and sample.
+    """
+
+    def __init__(self, modality: str, n: int) -> None:
+        self.m, self.n = modality, n
+        self.out: np.ndarray | None = None
+        self.head = b""  # the .npy header bytes every fast-path payload starts with
+        self.size, self.count, self.dtype = -1, 0, np.dtype(np.float32)
+
+    def add(self, i: int, buf, off: int, size: int, where: str) -> None:
+        h = len(self.head)
+        if size == self.size and buf[off:off + h] == self.head:
+            self.out[i] = np.frombuffer(buf, self.dtype, self.count, off + h).reshape(
+                self.out.shape[1:])
+            return
+        payload = bytes(buf[off:off + size])
+        arr = load_npy(payload, where)
+        if self.out is None:
+            self.out = np.empty((self.n, *arr.shape), np.float32)
+            self.dtype, self.count = arr.dtype, arr.size
+            if arr.ndim <= 1 or arr.flags.c_contiguous:
+                self.head, self.size = payload[:size - arr.nbytes], size
+        elif arr.shape != self.out.shape[1:] or arr.dtype != self.dtype:
+            raise ValueError(f"{where}: '{self.m}' features of shape {arr.shape} and dtype "
+                             f"{arr.dtype}, but earlier samples have {self.out.shape[1:]} and "
+                             f"{self.dtype}")
+        self.out[i] = arr
+
+
 def read_features(directory: str | Path) -> dict:
-    """Load a feature-shard folder into memory: {modality: float32 array (n, d)}, labels, keys."""
-    meta = read_json(Path(directory) / "meta.json")
-    mods = meta["modalities"]
-    feats: dict[str, list] = {m: [] for m in mods}
-    labels, keys = [], []
-    for s in iter_samples(directory):
-        for m in mods:
-            if f"{m}.npy" not in s:
-                raise ValueError(f"{directory}: sample '{s['__key__']}' lacks '{m}.npy'")
-            feats[m].append(load_npy(s[f"{m}.npy"], f"{s['__url__']}:{s['__key__']}.{m}.npy"))
-        labels.append(int(s["cls"]) if "cls" in s else -1)
-        keys.append(s["__key__"])
-    return {"meta": meta, "keys": keys, "labels": np.asarray(labels, dtype=np.int64),
-            **{m: np.stack(v).astype(np.float32) for m, v in feats.items()}}
+    """Load a feature-shard folder into memory: {modality: float32 array (n, d)}, labels, keys.
+
+    One pass over each tar's mmap (no per-sample objects): this is what makes reading a
+    training split cheaper than a few of its epochs (benchmarks/bench_io.py).
+    """
+    directory = Path(directory)
+    meta = read_json(directory / "meta.json")
+    n = sum(read_json(directory / "sizes.json").values())
+    rows = {m: _Rows(m, n) for m in meta["modalities"]}
+    labels = np.full(n, -1, dtype=np.int64)
+    keys: list[str] = []
+    for url in shard_urls(directory):
+        with tario.open_map(Path(url)) as buf:
+            for key, parts in tario.samples(buf, url):
+                i = len(keys)
+                if i == n:
+                    raise ValueError(f"{url}: the shards hold more samples than sizes.json "
+                                     f"lists ({n})")
+                for m, r in rows.items():
+                    if f"{m}.npy" not in parts:
+                        raise ValueError(f"{url}: sample '{key}' lacks '{m}.npy'")
+                    r.add(i, buf, *parts[f"{m}.npy"], f"{url}:{key}.{m}.npy")
+                if "cls" in parts:
+                    o, s = parts["cls"]
+                    labels[i] = int(buf[o:o + s])
+                keys.append(key)
+    if len(keys) != n:
+        raise ValueError(f"{directory}: sizes.json lists {n} samples, the shards hold "
+                         f"{len(keys)}")
+    dims = meta.get("dims") or {}
+    return {"meta": meta, "keys": keys, "labels": labels,
+            **{m: r.out if r.out is not None else np.zeros((0, dims.get(m, 0)), np.float32)
+               for m, r in rows.items()}}

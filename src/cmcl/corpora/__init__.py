@@ -7,6 +7,7 @@ samples, so a new dataset layout is one new adapter module registered here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,10 @@ class CorpusInfo:
     templates: list[str] | None = None
 
 
-Adapter = Callable[[str, Path], tuple[CorpusInfo, Callable[[], Iterator[Sample]]]]
+# samples(split=None, workers=1): the corpus's samples, only those of `split` if given, built
+# in `workers` processes (see cmcl.corpora.media.stream)
+SampleFactory = Callable[..., Iterator[Sample]]
+Adapter = Callable[..., tuple[CorpusInfo, SampleFactory]]
 ADAPTERS: dict[str, Adapter] = {}
 
 
@@ -50,9 +54,11 @@ def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
 
 def open_corpus(name: str, path: str | Path, adapter: str = "generic",
                 options: dict | None = None):
-    """Return (info, sample_iterator_factory) for the corpus at `path`.
+    """Return (info, samples) for the corpus at `path`; `samples(split=None, workers=1)`.
 
     `options` (the params entry's `options:` mapping) go to the adapter as keyword arguments.
+    An adapter whose factory takes no arguments (written before splits were passed) still
+    works: its samples are filtered by split here, and built in one process.
     """
     from cmcl.corpora import features_h5, generic, paper  # noqa: F401  (registers adapters)
 
@@ -61,4 +67,21 @@ def open_corpus(name: str, path: str | Path, adapter: str = "generic",
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"corpus '{name}': folder {path} does not exist")
-    return ADAPTERS[adapter](name, path, **(options or {}))
+    info, factory = ADAPTERS[adapter](name, path, **(options or {}))
+    return info, _split_aware(factory)
+
+
+def _split_aware(factory: Callable) -> SampleFactory:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "split" in params:
+        return factory
+
+    def samples(split: str | None = None, workers: int = 1) -> Iterator[Sample]:
+        stream = factory()
+        return stream if split is None else (s for s in stream
+                                             if s.error is not None or s.split == split)
+
+    return samples

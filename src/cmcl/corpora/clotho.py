@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from cmcl.corpora import CorpusInfo, Sample, register_adapter
-from cmcl.corpora.media import Reader, iterate, take_options
+from cmcl.corpora.media import Reader, stream, take_options
 
 PARTS = {"development": "train", "validation": "val", "evaluation": "test"}
 CAPTIONS = ("caption_1", "caption_2", "caption_3", "caption_4", "caption_5")
@@ -75,4 +75,4 @@ def clotho(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"audio": "file", "text": "inline"}), \
-        lambda: iterate(samples(), build, opts["on_error"])
+        stream(samples, build, opts["on_error"], lambda row: row[0])

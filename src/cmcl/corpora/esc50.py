@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from cmcl.corpora import CorpusInfo, Sample, register_adapter
-from cmcl.corpora.media import Reader, iterate, need, readable, take_options
+from cmcl.corpora.media import Reader, need, readable, stream, take_options
 
 TEMPLATES = ["{}", "the sound of {}.", "a recording of {}."]
 
@@ -46,6 +46,10 @@ def esc50(name: str, path: Path, **options):
     info = CorpusInfo(name, {"audio": "file", "text": "inline"}, classes, TEMPLATES)
     reader = Reader(name, path, opts["verify"])
 
+    def split_of(r: dict) -> str:
+        fold = r["fold"].strip()
+        return "test" if fold.isdigit() and int(fold) == opts["test_fold"] else "train"
+
     def build(r: dict) -> Sample:
         sid = Path(r["filename"]).stem
         target = r["target"].strip()
@@ -55,10 +59,10 @@ def esc50(name: str, path: Path, **options):
         fold = r["fold"].strip()
         if not fold.isdigit():
             raise reader.error(sid, f"fold {fold!r} in {meta} is not an integer")
-        split = "test" if int(fold) == opts["test_fold"] else "train"
+        split = split_of(r)
         s = Sample(sid, split, int(target))
         s.data["audio"] = reader.read(sid, "audio", Path("audio") / r["filename"])
         s.data["text"] = ("txt", TEMPLATES[0].format(classes[int(target)]))
         return s
 
-    return info, lambda: iterate(rows, build, opts["on_error"])
+    return info, stream(rows, build, opts["on_error"], split_of)

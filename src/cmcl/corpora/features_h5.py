@@ -222,7 +222,7 @@ def import_features(h5_path: str | Path, modalities: Sequence[str], out_dir: str
             "encoders": {m: encoder for m in pair},
             "dims": {m: int(kept[0][2].shape[1]) for m in pair}, "dtype": dtype}
     with atomic_dir(out_dir) as tmp:
-        write_shards(tmp, records(), samples_per_shard or len(kept))
+        write_shards(tmp, records(), samples_per_shard or len(kept), split=split)
         if prompts is not None:
             import torch
 
@@ -294,10 +294,10 @@ def features_h5(name: str, path: Path, **options):
         if not f.is_file():
             raise FileNotFoundError(f"corpus '{name}': feature file {f} does not exist")
 
-    def rows():
-        for split, f in files.items():
-            for sid, raw in read_h5(f):
-                yield split, f, sid, raw
+    def rows(split: str | None) -> Iterator[tuple]:
+        for s, f in files.items():
+            if split is None or s == split:  # never open the other splits' files
+                yield from ((s, f, sid, raw) for sid, raw in read_h5(f))
 
     def build(row) -> Sample:
         split, f, sid, raw = row
@@ -308,4 +308,8 @@ def features_h5(name: str, path: Path, **options):
 
     info = CorpusInfo(name, {m: "file" for m in opts["modalities"]}, classes,
                       ["{}"] if classes else None)
-    return info, lambda: iterate(rows(), build, opts["on_error"])
+
+    def samples(split: str | None = None, workers: int = 1) -> Iterator[Sample]:
+        return iterate(rows(split), build, opts["on_error"], workers)
+
+    return info, samples

@@ -12,7 +12,6 @@ a path relative to the corpus folder. An empty cell means the sample lacks that 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -60,7 +59,7 @@ def _label(value, f: Path, sid: str, n_classes: int | None) -> int | None:
 @register_adapter("generic")
 def generic(name: str, path: Path, **options):
     """Options: `on_error: raise|skip` (skip lists bad samples in each task's rejected.jsonl)."""
-    from cmcl.corpora.media import MissingFile, SampleError, iterate, take_options
+    from cmcl.corpora.media import MissingFile, SampleError, stream, take_options
 
     opts = take_options(name, "generic", options, {})
     rows = read_manifest(path)
@@ -102,10 +101,7 @@ def generic(name: str, path: Path, **options):
                                        "does not exist"), sid) from None
         return s
 
-    def samples() -> Iterator[Sample]:
-        return iterate(rows, build, opts["on_error"])
-
-    return info, samples
+    return info, stream(rows, build, opts["on_error"], lambda row: str(row["split"]))
 
 
 def _tag(e: Exception, sample_id: str) -> Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmcl.corpora import CorpusInfo, Sample, register_adapter
-from cmcl.corpora.media import IMAGE_EXT, Reader, iterate, take_options
+from cmcl.corpora.media import IMAGE_EXT, Reader, stream, take_options
 
 
 @register_adapter("llvip")
@@ -45,4 +45,4 @@ def llvip(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"image": "file", "thermal": "file"}), \
-        lambda: iterate(rows, build, opts["on_error"])
+        stream(rows, build, opts["on_error"], lambda row: row[0])

@@ -10,13 +10,16 @@ Decoding libraries (soundfile, PyAV) are imported only when a probe or an extrac
 from __future__ import annotations
 
 import io
+import itertools
 import logging
+import multiprocessing as mp
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from cmcl.corpora import Sample
+from cmcl.corpora import Sample, SampleFactory
 
 log = logging.getLogger("cmcl.corpora")
 
@@ -162,23 +165,84 @@ def audio_track_wav(data: bytes, rate: int | None = 16000, channels: int | None 
     return buf.getvalue()
 
 
-def iterate(rows: Iterable, build: Callable[[Any], Sample], on_error: str) -> Iterator[Sample]:
+def iterate(rows: Iterable, build: Callable[[Any], Sample], on_error: str,
+            workers: int = 1) -> Iterator[Sample]:
     """Build one sample per metadata row; bad samples raise, or are skipped and reported.
 
     A skipped sample is yielded as a `Sample` carrying only `error`, so sharding can list it
-    in rejected.jsonl (nothing is skipped silently).
+    in rejected.jsonl (nothing is skipped silently). With `workers` > 1 the rows are built
+    (files read, probed, decoded) in that many processes; samples still come in row order.
     """
     skipped = 0
-    for i, row in enumerate(rows):
-        try:
-            sample = build(row)
-        except SampleError as e:
+    for i, (sample, err) in enumerate(ordered_map(_attempt, rows, workers, build)):
+        if err is not None:
             if on_error == "raise":
-                raise
+                raise err
             skipped += 1
-            log.warning("skipping bad sample: %s", e)
-            yield Sample(getattr(e, "sample_id", None) or f"row{i}", "", None, error=str(e))
+            log.warning("skipping bad sample: %s", err)
+            yield Sample(getattr(err, "sample_id", None) or f"row{i}", "", None, error=str(err))
             continue
         yield sample
     if skipped:
         log.warning("skipped %d bad sample(s)", skipped)
+
+
+def stream(rows: Iterable | Callable[[], Iterable], build: Callable[[Any], Sample],
+           on_error: str, split_of: Callable[[Any], str]) -> SampleFactory:
+    """An adapter's sample factory: `samples(split=None, workers=1)`.
+
+    `split_of(row)` reads a row's split from the metadata alone, so asking for one split never
+    reads or decodes the files of the others (VGGSound, UCF101: most of the bytes).
+    """
+
+    def samples(split: str | None = None, workers: int = 1) -> Iterator[Sample]:
+        chosen = rows() if callable(rows) else rows
+        if split is not None:
+            chosen = (r for r in chosen if split_of(r) == split)
+        return iterate(chosen, build, on_error, workers)
+
+    return samples
+
+
+def _attempt(build: Callable[[Any], Sample], row: Any) -> tuple[Sample | None,
+                                                              SampleError | None]:
+    try:
+        return build(row), None
+    except SampleError as e:
+        return None, e
+
+
+_FN: Callable | None = None  # the worker processes' function (inherited through fork)
+
+
+def _init(fn: Callable) -> None:
+    global _FN
+    _FN = fn
+
+
+def _chunk(fn: Callable, items: list) -> list:
+    return [fn(_FN, x) for x in items]
+
+
+def ordered_map(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, arg: Any,
+                chunk: int = 4) -> Iterator:
+    """fn(arg, item) for each item, in order, over `workers` forked processes.
+
+    Why fork: adapters' build functions are closures (not picklable); forked workers inherit
+    them. Only rows and built samples cross the pipe. At most 2 chunks per worker are in flight,
+    so a fast producer never piles decoded videos up in memory.
+    """
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        yield from (fn(arg, x) for x in items)
+        return
+    with mp.get_context("fork").Pool(workers, _init, (arg,)) as pool:
+        pending: deque = deque()
+        it = iter(items)
+        while True:
+            block = list(itertools.islice(it, chunk))
+            if block:
+                pending.append(pool.apply_async(_chunk, (fn, block)))
+            if pending and (not block or len(pending) >= 2 * workers):
+                yield from pending.popleft().get()
+            elif not block:
+                return

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from cmcl.corpora import CorpusInfo, Sample, register_adapter
-from cmcl.corpora.media import IMAGE_EXT, Reader, iterate, take_options
+from cmcl.corpora.media import IMAGE_EXT, Reader, stream, take_options
 
 DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I"})
 
@@ -67,4 +67,4 @@ def nyudv2(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"image": "file", "depth": "file"}), \
-        lambda: iterate(rows, build, opts["on_error"])
+        stream(rows, build, opts["on_error"], lambda row: row[0])

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from cmcl.corpora import CorpusInfo, Sample, register_adapter
-from cmcl.corpora.media import Reader, iterate, take_options
+from cmcl.corpora.media import Reader, stream, take_options
 
 SUBSETS = ["ssvtp", "hct/data1", "hct/data2", "hct/data3"]
 
@@ -88,4 +88,4 @@ def tvl(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"image": "file", "tactile": "file", "text": "inline"}), \
-        lambda: iterate(rows, build, opts["on_error"])
+        stream(rows, build, opts["on_error"], lambda row: row[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmcl.corpora import CorpusInfo, Sample, register_adapter
-from cmcl.corpora.media import Reader, iterate, need, readable, take_options
+from cmcl.corpora.media import Reader, need, readable, stream, take_options
 
 TEMPLATES = ["{}", "a video of a person {}.", "a demonstration of a person {}."]
 
@@ -72,4 +72,4 @@ def ucf101(name: str, path: Path, **options):
         s.data["text"] = ("txt", TEMPLATES[0].format(info.classes[label]))
         return s
 
-    return info, lambda: iterate(rows, build, opts["on_error"])
+    return info, stream(rows, build, opts["on_error"], lambda row: row[0])

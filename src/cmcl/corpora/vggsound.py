@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cmcl.corpora import CorpusInfo, Sample, register_adapter
-from cmcl.corpora.media import Reader, audio_track_wav, iterate, need, take_options
+from cmcl.corpora.media import Reader, audio_track_wav, need, stream, take_options
 
 TEMPLATES = ["{}", "a video of {}.", "the sound of {}."]
 DEFAULTS = {"classes": None, "max_classes": None, "per_class": None, "max_train": None,
@@ -114,4 +114,4 @@ def vggsound(name: str, path: Path, **options):
         s.data["text"] = ("txt", TEMPLATES[0].format(r["label"]))
         return s
 
-    return info, lambda: iterate(rows, build, opts["on_error"])
+    return info, stream(rows, build, opts["on_error"], lambda r: r["split"])
