@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from benchlib import CLOCKS, add_common_args, figure, median, setup, timed
+from benchlib import CLOCKS, add_common_args, figure, median, save_result, setup, timed
 from torch import nn
 
 from cmcl.io import atomic_dir, write_json
@@ -249,16 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
                       "epochs": epochs, "rounds": rounds, "batch_size": 64, "modalities": MODS,
                       "optimizer": "AdamW lr 0.01 wd 1e-3, clip 1.0",
                       "loss": resolve({}), "accelerator_startup_s_excluded": startup_s},
-           "figures": figures, "per_d": per_d,
-           "total_seconds": round(time.perf_counter() - t_start, 1)}
-    write_json(args.out, out)
+           "figures": figures, "per_d": per_d}
     for d in args.dims:
         p = per_d[d]
         print(f"d={d}: cmcl {p['cmcl_samples_per_s']:.0f} samples/s, bare "
               f"{p['bare_samples_per_s']:.0f} samples/s, ratio {p['ratio_median']:.3f} "
               f"(incl. reading {p['ratio_incl_read_median']:.3f}); shard read "
               f"{p['shard_read_samples_per_s']:.0f} samples/s")
-    print(f"wrote {args.out} in {out['total_seconds']:.0f} s")
+    save_result(out, args.out, t_start)
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cmcl.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
@@ -23,6 +23,41 @@ from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
 from cmcl.shards import read_features
 from cmcl.strategies import Strategy, TaskContext, get_strategy
+
+
+class BatchTensors(Dataset):
+    """Rows of equal-length tensors, fetched one whole batch at a time.
+
+    DataLoader hands `__getitems__` the sampler's list of indices, so a batch is one gather per
+    tensor instead of per-sample indexing plus default collation (about 1 ms a step at batch
+    64). Sampler, order and contents are those of DataLoader(TensorDataset(...)).
+    """
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def __getitems__(self, idx: list[int]) -> list[torch.Tensor]:
+        rows = torch.as_tensor(idx)
+        return [t[rows] for t in self.tensors]
+
+
+def batch_loader(tensors: tuple[torch.Tensor, ...], batch_size: int,
+                 gen: torch.Generator) -> DataLoader:
+    """Shuffled batches from `gen`; the last partial batch is dropped unless it is the only one."""
+    return DataLoader(BatchTensors(*tensors), batch_size=batch_size, shuffle=True,
+                      generator=gen, drop_last=len(tensors[0]) > batch_size,
+                      collate_fn=_as_is)
+
+
+def _as_is(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The batch is already gathered (BatchTensors.__getitems__): nothing to collate."""
+    return batch
 
 
 def make_accelerator(tc: dict) -> Accelerator:
@@ -118,9 +153,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         ctxs.append(TaskContext(step, task["name"], (a, b), model,
                                 {a: xa.to(acc.device), b: xb.to(acc.device),
                                  "labels": labels.to(acc.device)}, cfg, acc.device))
-        loaders.append(DataLoader(TensorDataset(xa, xb, labels), batch_size=tc["batch_size"],
-                                  shuffle=True, generator=gen,
-                                  drop_last=len(xa) > tc["batch_size"]))
+        loaders.append(batch_loader((xa, xb, labels), tc["batch_size"], gen))
     ctx = ctxs[0]
     strategy.before_task(ctx)
     params = [p for m in mods for p in model.heads[m].parameters()]
