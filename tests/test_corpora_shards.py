@@ -230,3 +230,19 @@ def test_read_features_refuses_mixed_shapes_and_truncated_npy(tmp_path):
         read_features(folder("dtype", [*ok[:2], np.zeros(4, np.float32), *ok[3:]]))
     with pytest.raises(ValueError, match=r"k2\.image\.npy: not a readable \.npy"):
         read_features(folder("cut", ok, raw=npy_bytes(ok[0])[:-2]))
+
+
+def test_streamed_embedding_does_not_depend_on_batch_size(corpus, tmp_path):
+    from cmcl.embed import embed_split
+    from cmcl.encoders import get_encoder
+
+    task = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class"}
+    shard_task(task, {"path": str(corpus)}, "train", tmp_path / "s", samples_per_shard=5)
+    enc = {"image": "pixels", "audio": "mfcc_stats"}
+    for b in (3, 1000):
+        assert embed_split(tmp_path / "s", tmp_path / f"f{b}", enc, batch_size=b) == 16
+    for f in sorted((tmp_path / "f3").iterdir()):
+        assert f.read_bytes() == (tmp_path / "f1000" / f.name).read_bytes(), f.name
+    raw = list(iter_samples(tmp_path / "s"))
+    want = get_encoder("pixels").encode([s["image.png"] for s in raw], ["x"] * len(raw))
+    np.testing.assert_array_equal(read_features(tmp_path / "f3")["image"], want)
