@@ -36,7 +36,7 @@ def embed_split(shard_dir: str | Path, out_dir: str | Path, encoders: Mapping[st
     if missing:
         raise ValueError(f"embed.encoders: no encoder configured for modality {missing} "
                          f"(task '{meta['task']}')")
-    enc = {m: get_encoder(encoders[m]) for m in mods}
+    enc = {m: get_encoder(encoders[m], m) for m in mods}
     stream = SampleStream(shard_dir, shuffle=False, rank=0, world_size=1)
     dims: dict[str, int] = {}
 
@@ -59,8 +59,9 @@ def embed_split(shard_dir: str | Path, out_dir: str | Path, encoders: Mapping[st
     with atomic_dir(out_dir) as tmp:
         sizes = write_shards(tmp, records(), max(1, len(stream)), "", max_shard_bytes,
                              meta.get("split"))
-        if meta.get("classes") and "text" in encoders and encoders["text"] != "precomputed":
-            text_enc = enc["text"] if "text" in enc else get_encoder(encoders["text"])
+        text_spec = encoders.get("text", "precomputed")
+        if meta.get("classes") and text_spec.partition(":")[0] != "precomputed":
+            text_enc = enc["text"] if "text" in enc else get_encoder(encoders["text"], "text")
             prompts = _class_prompts(meta["classes"], meta.get("templates") or ["{}"], text_enc)
             save_tensors(tmp / "classes.safetensors", prompts)
         write_json(tmp / "meta.json", {**meta, "encoders": {m: encoders[m] for m in mods},

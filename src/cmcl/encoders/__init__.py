@@ -1,7 +1,8 @@
 """Frozen encoders: raw modality payloads -> fixed feature vectors (the paper's setting).
 
 Each encoder declares its modality, output dim and an `encode(payloads)` over a batch. Large
-pretrained encoders plug in here the same way, loaded only from local paths.
+pretrained encoders (`cmcl.encoders.hf`: Hugging Face CLIP and text models) plug in the same
+way, loaded only from local paths.
 """
 
 from __future__ import annotations
@@ -33,10 +34,27 @@ def register_encoder(name: str):
     return deco
 
 
-def get_encoder(name: str) -> Encoder:
+def get_encoder(spec: str, modality: str | None = None) -> Encoder:
+    """The encoder a params spec names: `pixels`, or `<kind>:<local path>` for checkpoints.
+
+    `modality` (what the encoder will be fed) lets a multi-tower model pick its tower and
+    refuse a modality it cannot encode before any data is read.
+    """
+    name, _, path = spec.partition(":")
+    if name in ("hf", "hf-clip"):
+        from cmcl.encoders import hf  # noqa: F401  (registers; imports transformers lazily)
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder '{name}'; known: {sorted(ENCODERS)}")
-    return ENCODERS[name]()
+        raise ValueError(f"unknown encoder '{spec}'; known: {sorted(ENCODERS)} (checkpoint "
+                         "encoders as 'hf-clip:/path/to/folder' or 'hf:/path/to/folder')")
+    cls = ENCODERS[name]
+    if getattr(cls, "takes_path", False):
+        if not path:
+            raise ValueError(f"encoder '{spec}': give the checkpoint's local folder, "
+                             f"e.g. '{name}:/models/my-model'")
+        return cls(spec, path, modality)
+    if path and name != "precomputed":  # precomputed:<encoder> only records the source
+        raise ValueError(f"encoder '{spec}': '{name}' takes no path")
+    return cls()
 
 
 @register_encoder("precomputed")
