@@ -78,7 +78,8 @@ def matrix_override(n_tasks: int, methods: list[str], seeds: int) -> dict:
     base = list(p["tasks"])
     tasks = {f"s{i + 1:02d}_{base[i % len(base)]}": p["tasks"][base[i % len(base)]]
              for i in range(n_tasks)}
-    return {"tasks": tasks, "sequence": list(tasks),
+    # same sequence name as params.yaml: Snakemake merges --configfile over it, so this replaces it
+    return {"tasks": tasks, "sequences": {"digits": list(tasks)},
             "train": {**p["train"], "methods": methods, "seeds": list(range(1, seeds + 1))}}
 
 
@@ -91,8 +92,8 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 
 def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["sequence"] = p["sequence"][:1]
-    p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequence"]}
+    p["sequences"] = {"digits": p["sequences"]["digits"][:1]}
+    p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequences"]["digits"]}
     p["shard"]["max_per_class"] = 4
     p["train"] |= {"methods": ["finetune"], "seeds": [1], "epochs": 1}
     p["eval"] |= {"n_subsets": 1, "subset_size": 20}

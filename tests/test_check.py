@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def recorded(tmp_path):
     params = load(ROOT / "params.yaml")
-    metrics = {"dns": {"map_final_avg": 88.8, "map_final_avg_std": 0.3, "map_bwt": -0.9,
-                       "map_bwt_std": 0.15, "n_seeds": 3},
-               "finetune": {"map_final_avg": 84.2, "map_final_avg_std": 0.5, "map_bwt": -7.6,
-                            "map_bwt_std": 0.6, "n_seeds": 3}}
+    seq = next(iter(params["sequences"]))
+    metrics = {seq: {"dns": {"map_final_avg": 88.8, "map_final_avg_std": 0.3, "map_bwt": -0.9,
+                             "map_bwt_std": 0.15, "n_seeds": 3},
+                     "finetune": {"map_final_avg": 84.2, "map_final_avg_std": 0.5,
+                                  "map_bwt": -7.6, "map_bwt_std": 0.6, "n_seeds": 3}}}
     expect(metrics, params, tmp_path / "expected.yaml")
     return params, metrics, tmp_path
 
@@ -34,7 +35,8 @@ def test_identical_results_pass(recorded):
 def test_dns_silently_degraded_to_finetune_turns_red(recorded):
     """The failure mode of the authors' pinned stack: the projection hook never runs."""
     params, metrics, d = recorded
-    broken = {**metrics, "dns": dict(metrics["finetune"])}
+    seq, = metrics
+    broken = {seq: {**metrics[seq], "dns": dict(metrics[seq]["finetune"])}}
     assert not run_check(write(d / "m.json", broken), params, d / "expected.yaml", d / "c.json")
     rows = json.loads((d / "c.json").read_text())["rows"]
     assert {"method": "dns", "metric": "map_bwt", "status": "DEVIATES"}.items() <= next(
@@ -43,11 +45,15 @@ def test_dns_silently_degraded_to_finetune_turns_red(recorded):
 
 def test_deliberate_params_change_is_not_checked(recorded):
     params, metrics, d = recorded
+    seq, = metrics
     changed = {**params, "train": {**params["train"], "lr": 0.5}}
-    assert fingerprint(changed, "dns") != fingerprint(params, "dns")
-    assert fingerprint({**params, "methods": {**params["methods"], "gpm": {"x": 1}}}, "dns") == \
-        fingerprint(params, "dns")  # another method's options do not matter
-    broken = {**metrics, "dns": dict(metrics["finetune"])}
+    assert fingerprint(changed, seq, "dns") != fingerprint(params, seq, "dns")
+    assert fingerprint({**params, "methods": {**params["methods"], "gpm": {"x": 1}}}, seq,
+                       "dns") == fingerprint(params, seq, "dns")  # others' options don't matter
+    over = {**params, "overrides": {"dns": {"train": {"epochs": 9}}}}
+    assert fingerprint(over, seq, "dns") != fingerprint(params, seq, "dns")
+    assert fingerprint(over, seq, "finetune") == fingerprint(params, seq, "finetune")
+    broken = {seq: {**metrics[seq], "dns": dict(metrics[seq]["finetune"])}}
     assert run_check(write(d / "m.json", broken), changed, d / "expected.yaml", d / "c.json")
     rows = json.loads((d / "c.json").read_text())["rows"]
     assert all(r["status"].startswith("not checked") for r in rows)
@@ -59,5 +65,7 @@ def test_shipped_expected_file_matches_default_params():
 
     params = load(ROOT / "params.yaml")
     expected = yaml.safe_load((ROOT / params["report"]["expected"]).read_text())
-    for method in params["train"]["methods"]:
-        assert expected[method]["fingerprint"] == fingerprint(params, method), method
+    for seq in params["sequences"]:
+        for method in params["train"]["methods"]:
+            assert expected[seq][method]["fingerprint"] == fingerprint(params, seq, method), \
+                (seq, method)

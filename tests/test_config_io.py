@@ -28,7 +28,20 @@ def test_default_params_validate_and_get_defaults():
     (lambda p: p.pop("train"), "<top level>: 'train' is a required property"),
     (lambda p: p.update(colour="red"), "Additional properties are not allowed ('colour'"),
     (lambda p: p["train"].update(lr="fast"), "train.lr: 'fast' is not of type 'number'"),
-    (lambda p: p["sequence"].append("t9"), "sequence[4]: task 't9' is not declared"),
+    (lambda p: p["sequences"]["digits"].append("t9"),
+     "sequences.digits[4]: task 't9' is not declared"),
+    (lambda p: p["sequences"].update(again=["t2_text_audio", "t2_text_audio"]),
+     "sequences.again: a task appears twice"),
+    (lambda p: p["overrides"].update(joint={"train": {"epochs": 0}}),
+     "overrides.joint.train.epochs: 0 is less than the minimum of 1"),
+    (lambda p: p["overrides"].update(joint={"train": {"seeds": [1]}}),
+     "overrides.joint.train.seeds: the experiment matrix is global"),
+    (lambda p: p["overrides"].update(nope={"train": {}}), "overrides.nope: not a registered"),
+    (lambda p: p["sweep"].update(sequence="other"), "sweep.sequence: 'other' is not declared"),
+    (lambda p: (p["overrides"].update(dns={"train": {"lr": 0.1}}),
+                p["sweep"]["space"].update({"train.lr": {"type": "float", "low": 0.001,
+                                                        "high": 0.1}})),
+     "sweep.space.train.lr: overrides.dns.train.lr would replace every sampled value"),
     (lambda p: p["tasks"]["t2_text_audio"].update(corpus="x"), "tasks.t2_text_audio.corpus: 'x'"),
     (lambda p: p["embed"]["encoders"].update(image="minilm"),
      "embed.encoders.image: encoder 'minilm' encodes 'text', not 'image'"),
@@ -85,3 +98,18 @@ def test_json_and_tensor_round_trip_and_errors(tmp_path):
     torch.save({"w": torch.ones(2)}, tmp_path / "pickled.safetensors")  # a pickle in disguise
     with pytest.raises(ValueError, match="pickled.safetensors: not a valid safetensors file"):
         load_tensors(tmp_path / "pickled.safetensors")
+
+
+def test_overrides_and_sequences_reach_the_step_config():
+    from cmcl.config import method_params, step_task
+
+    p = params()
+    rev = list(reversed(p["sequences"]["digits"]))
+    p["sequences"]["rev"] = rev
+    p["overrides"] = {"joint": {"train": {"epochs": 9}}}
+    p = check(p)
+    assert method_params(p, "joint")["train"]["epochs"] == 9
+    assert method_params(p, "dns")["train"]["epochs"] == p["train"]["epochs"] == 5
+    assert step_task(p, "rev", "dns", 1)["name"] == rev[0]
+    assert step_task(p, "digits", "dns", 1)["name"] == rev[-1]
+    assert [t["name"] for t in step_task(p, "rev", "joint", 4)["tasks"]] == rev

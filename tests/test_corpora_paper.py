@@ -482,9 +482,9 @@ def test_paper_params_files(enc, dim, lr, thr):
     p = yaml.safe_load((ROOT / "pipeline/params" / f"{enc}.yaml").read_text())
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert list(p) == list(default)
-    assert len(p["sequence"]) == 11 and len(set(p["sequence"])) == 11
-    assert [(p["tasks"][t]["corpus"], p["tasks"][t]["modalities"]) for t in p["sequence"]] \
-        == SEQUENCE
+    seq = p["sequences"]["paper11"]
+    assert len(seq) == 11 and len(set(seq)) == 11
+    assert [(p["tasks"][t]["corpus"], p["tasks"][t]["modalities"]) for t in seq] == SEQUENCE
     assert all(c["options"]["encoder"] == enc for c in p["corpora"].values())
     assert p["model"] == {"embed_dim": dim, "bias": False, "init": "identity"}
     t = p["train"]

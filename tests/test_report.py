@@ -27,34 +27,36 @@ def _map_value(method: str, s: int, j: int) -> float:
     return 0.8 - (0.1 * (s - j - 1) if method == "ft" else 0.0)
 
 
-def _synthetic(seeds=(0, 1)) -> pd.DataFrame:
+def _synthetic(seeds=(0, 1), sequence="s", names=NAMES) -> pd.DataFrame:
     rows = []
     for method in ("dns", "ft"):
         for seed in seeds:
             offset = 0.01 if seed == 0 else -0.01  # cancels in BWT, gives a known std
-            for s in range(len(NAMES) + 1):
-                for j, task in enumerate(NAMES):
+            for s in range(len(names) + 1):
+                for j, task in enumerate(names):
                     base = _map_value(method, s, j) + offset
                     vals = {m: base * k for m, k in SCALE.items()}
                     if task == "esc":  # only the class-labelled task has zero-shot accuracy
                         vals["zs_acc"] = base
-                    rows += [dict(run=f"{method}_s{seed}", method=method, seed=seed, step=s,
-                                  eval_task=task, metric=m, value=v) for m, v in vals.items()]
+                    rows += [dict(sequence=sequence, run=f"{method}_s{seed}", method=method,
+                                  seed=seed, step=s, eval_task=task, metric=m, value=v)
+                             for m, v in vals.items()]
     return pd.DataFrame(rows)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    return out, build_report(_synthetic(), TASKS, out)
+    return out, build_report(_synthetic(), {"s": TASKS}, out)
 
 
 def test_all_files_written_and_pngs_valid(built):
     out, _ = built
     plots = out / "plots"
-    for name in ["acc_matrix_dns", "acc_matrix_ft", "scores_over_steps", "stability_plasticity"]:
+    for name in ["scores_over_steps", "stability_plasticity"]:
         assert (plots / f"{name}.csv").stat().st_size > 0
-        png = plots / f"{name}.png"
+    for name in ["acc_matrix_dns", "acc_matrix_ft", "scores_over_steps", "stability_plasticity"]:
+        png = plots / "s" / f"{name}.png"
         with Image.open(png) as img:
             img.verify()
         with Image.open(png) as img:
@@ -65,7 +67,8 @@ def test_all_files_written_and_pngs_valid(built):
 def test_metrics_json_has_planted_values(built):
     out, metrics = built
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    ft, dns = metrics["ft"], metrics["dns"]
+    assert list(metrics) == ["s"]
+    ft, dns = metrics["s"]["ft"], metrics["s"]["dns"]
     assert ft["n_seeds"] == 2
     assert ft["map_bwt"] == pytest.approx(-15.0)  # (0.6-0.8 + 0.7-0.8) / 2
     assert ft["map_bwt_std"] == pytest.approx(0.0, abs=1e-6)
@@ -82,12 +85,12 @@ def test_metrics_json_has_planted_values(built):
 
 def test_csvs_have_expected_layout(built):
     plots = built[0] / "plots"
-    acc = pd.read_csv(plots / "acc_matrix_ft.csv")
+    acc = pd.read_csv(plots / "s" / "acc_matrix_ft.csv")
     assert list(acc.columns) == ["step", "task", "value"] and len(acc) == 12
     last = acc[(acc["step"] == 3) & (acc["task"] == "coco")]["value"].item()
     assert last == pytest.approx(60.0)
     curves = pd.read_csv(plots / "scores_over_steps.csv")
-    assert list(curves.columns) == ["method", "task", "step", "value", "std"]
+    assert list(curves.columns) == ["method", "task", "step", "value", "std", "sequence"]
     assert len(curves) == 2 * 3 * 4
     sp = pd.read_csv(plots / "stability_plasticity.csv").set_index("method")
     assert sp.loc["ft", "bwt"] == pytest.approx(-15.0)
@@ -103,25 +106,46 @@ def test_report_markdown_tables(built):
     ft_row = next(line for line in lines if line.startswith("| ft |"))
     assert "70.00 ± 1.41" in ft_row and "-15.00" in ft_row
     assert "label-aware (hit = same class)" in text
-    assert "(plots/stability_plasticity.png)" in text and "(plots/acc_matrix_ft.png)" in text
+    assert "(plots/s/stability_plasticity.png)" in text and "(plots/s/acc_matrix_ft.png)" in text
+    assert "## Sequence `s`" in text and "## Overview" not in text  # one sequence: no overview
     assert "2 seed" in text and "| 0 (zero-shot) |" in text and "| 3: esc |" in text
 
 
 def test_single_seed_omits_std(tmp_path):
-    metrics = build_report(_synthetic(seeds=(0,)), TASKS, tmp_path, main_metric="r10")
-    assert metrics["ft"]["r10_final_avg_std"] == 0.0
+    metrics = build_report(_synthetic(seeds=(0,)), {"s": TASKS}, tmp_path, main_metric="r10")
+    assert metrics["s"]["ft"]["r10_final_avg_std"] == 0.0
     row = next(line for line in (tmp_path / "report.md").read_text().splitlines()
                if line.startswith("| ft |"))
     assert "±" not in row
 
 
 def test_build_report_rejects_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="empty"):
-        build_report(_synthetic().iloc[:0], TASKS, tmp_path)
+    with pytest.raises(ValueError, match="no evaluation rows for sequence 's'"):
+        build_report(_synthetic().iloc[:0], {"s": TASKS}, tmp_path)
     df = _synthetic()
+    with pytest.raises(ValueError, match=r"undeclared sequences \['s'\]"):
+        build_report(df, {"other": TASKS}, tmp_path)
+    with pytest.raises(ValueError, match=r"missing columns \['sequence'\]"):
+        build_report(df.drop(columns=["sequence"]), {"s": TASKS}, tmp_path)
     df = df[~((df["method"] == "ft") & (df["metric"] == "map"))]
     with pytest.raises(ValueError, match="'ft'"):
-        build_report(df, TASKS, tmp_path)
+        build_report(df, {"s": TASKS}, tmp_path)
+
+
+def test_two_sequences_report_each_and_an_overview(tmp_path):
+    """The experiment matrix's sequence axis: each sequence gets its own matrices and metrics."""
+    rev = list(reversed(TASKS))
+    df = pd.concat([_synthetic(), _synthetic(sequence="rev", names=[t["name"] for t in rev])])
+    metrics = build_report(df, {"s": TASKS, "rev": rev}, tmp_path)
+    assert list(metrics) == ["s", "rev"]
+    assert metrics["rev"]["ft"]["map_bwt"] == pytest.approx(-15.0)
+    acc = pd.read_csv(tmp_path / "plots" / "rev" / "acc_matrix_ft.csv")
+    assert acc[acc["step"] == 1]["task"].tolist()[0] == "esc"  # the reversed order's columns
+    curves = pd.read_csv(tmp_path / "plots" / "scores_over_steps.csv")
+    assert set(curves["sequence"]) == {"s", "rev"} and len(curves) == 2 * 2 * 3 * 4
+    text = (tmp_path / "report.md").read_text()
+    assert "## Overview" in text and "| Method | s | rev |" in text
+    assert "## Sequence `rev`" in text and "(plots/rev/acc_matrix_dns.png)" in text
 
 
 def test_collect_concatenates_and_names_bad_file(tmp_path):

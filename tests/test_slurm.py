@@ -66,8 +66,8 @@ def finish(p: subprocess.Popen, cwd: Path) -> str:
 
 def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["sequence"] = ["t1_text_image_04", "t2_text_audio"]
-    p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequence"]}
+    p["sequences"] = {"digits": ["t1_text_image_04", "t2_text_audio"]}
+    p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequences"]["digits"]}
     p["shard"]["max_per_class"] = 10
     p["train"] |= {"methods": ["finetune", "dns"], "seeds": [1], "epochs": 1}
     p["eval"] |= {"n_subsets": 2, "subset_size": 40}

@@ -35,7 +35,7 @@ def sweep_setup(tmp_path_factory):
             embed_split(d / f"s/{name}/{split}", d / f"features/{name}/{split}",
                         {"image": "pixels", "audio": "mfcc_stats"})
     params = {
-        "tasks": TASKS, "sequence": ["lo", "hi"], "shard": {}, "embed": {},
+        "tasks": TASKS, "sequences": {"s": ["lo", "hi"]}, "shard": {}, "embed": {},
         "model": {"embed_dim": 8, "bias": False, "init": "orthogonal"},
         "loss": {"temperature": 0.1, "normalize": True, "symmetric": True},
         "train": {"methods": ["dns"], "seeds": [1], "epochs": 2, "batch_size": 8, "lr": 0.05,

@@ -26,12 +26,17 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return p
 
 
+SEQ = ["t1_text_image_04", "t2_text_audio", "t3_image_audio"]
+REV = ["t2_text_audio", "t1_text_image_04"]  # a second sequence of the matrix, same features
+
+
 def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["sequence"] = ["t1_text_image_04", "t2_text_audio", "t3_image_audio"]
-    p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequence"]}
+    p["sequences"] = {"main": SEQ, "rev": REV}
+    p["tasks"] = {k: v for k, v in p["tasks"].items() if k in SEQ}
     p["shard"]["max_per_class"] = 12
     p["train"] |= {"methods": ["finetune", "dns", "joint"], "seeds": [1], "epochs": 2}
+    p["overrides"] = {"joint": {"train": {"epochs": 3}}}
     p["eval"] |= {"n_subsets": 2, "subset_size": 40}
     return p
 
@@ -51,37 +56,48 @@ def project(tmp_path_factory) -> Path:
 
 def test_outputs_cover_every_step_and_task(project):
     df = pd.concat(pd.read_parquet(f) for f in (project / "results/eval").rglob("*.parquet"))
-    assert set(df.columns) == {"run", "method", "seed", "step", "eval_task", "metric", "value"}
-    for method in ("finetune", "dns"):
-        sub = df[(df.method == method) & (df.metric == "map")]
-        assert set(zip(sub.step, sub.eval_task, strict=True)) == {
-            (s, t) for s in range(4) for t in tiny_params()["sequence"]}
-        assert sub.value.between(0, 1).all()
-    joint = df[(df.method == "joint") & (df.metric == "map")]
-    assert set(joint.step) == {0, 3} and set(joint.eval_task) == set(tiny_params()["sequence"])
+    assert set(df.columns) == {"sequence", "run", "method", "seed", "step", "eval_task",
+                               "metric", "value"}
+    for seq, names in (("main", SEQ), ("rev", REV)):
+        for method in ("finetune", "dns"):
+            sub = df[(df.sequence == seq) & (df.method == method) & (df.metric == "map")]
+            assert set(zip(sub.step, sub.eval_task, strict=True)) == {
+                (s, t) for s in range(len(names) + 1) for t in names}
+            assert sub.value.between(0, 1).all()
+        joint = df[(df.sequence == seq) & (df.method == "joint") & (df.metric == "map")]
+        assert set(joint.step) == {0, len(names)} and set(joint.eval_task) == set(names)
     zs = df[df.metric == "zs_acc"]
-    assert set(zs.eval_task) == set(tiny_params()["sequence"])  # every task here has labels
+    assert set(zs.eval_task) == set(SEQ)  # every task here has labels
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert {"finetune", "dns", "joint"} <= set(metrics)
-    assert metrics["joint"]["map_final_avg"] is not None and metrics["joint"]["map_bwt"] is None
+    assert list(metrics) == ["main", "rev"]
+    for seq in metrics:
+        assert set(metrics[seq]) == {"finetune", "dns", "joint"}
+        joint = metrics[seq]["joint"]
+        assert joint["map_final_avg"] is not None and joint["map_bwt"] is None
     report = (project / "reports/report.md").read_text()
     assert "label-aware" in report and "dns" in report and "Pairs train/test" in report
+    assert "## Overview" in report and "## Sequence `rev`" in report
 
 
 def test_checkpoints_chain_step_to_step(project):
-    for method in ("finetune", "dns"):
-        run_dir = project / f"results/runs/{method}/seed1"
-        metas = [json.loads((run_dir / f"step{s}/meta.json").read_text()) for s in range(4)]
-        for prev, cur in zip(metas, metas[1:], strict=False):
-            assert cur["log"]["start_digest"] == prev["log"]["final_digest"]
-            assert cur["log"]["final_digest"] != prev["log"]["final_digest"]
-        assert metas[-1]["tasks_seen"] == tiny_params()["sequence"]
-    joint = json.loads((project / "results/runs/joint/seed1/step3/meta.json").read_text())
-    assert joint["tasks_seen"] == tiny_params()["sequence"]
+    for seq, names in (("main", SEQ), ("rev", REV)):
+        for method in ("finetune", "dns"):
+            run_dir = project / f"results/runs/{seq}/{method}/seed1"
+            metas = [json.loads((run_dir / f"step{s}/meta.json").read_text())
+                     for s in range(len(names) + 1)]
+            for prev, cur in zip(metas, metas[1:], strict=False):
+                assert cur["log"]["start_digest"] == prev["log"]["final_digest"]
+                assert cur["log"]["final_digest"] != prev["log"]["final_digest"]
+                assert len(cur["log"]["epoch_loss"]) == 2
+            assert metas[-1]["tasks_seen"] == names
+    joint = json.loads((project / "results/runs/main/joint/seed1/step3/meta.json").read_text())
+    assert joint["tasks_seen"] == SEQ
+    assert len(joint["log"]["epoch_loss"]) == 3  # overrides.joint.train.epochs
     assert joint["log"]["pairs"] == sum(
         json.loads((project / f"data/features/{t}/train/meta.json").read_text())["count"]
-        for t in tiny_params()["sequence"])
-    state = json.loads((project / "results/runs/dns/seed1/step3/state/subspace.json").read_text())
+        for t in SEQ)
+    state = json.loads(
+        (project / "results/runs/main/dns/seed1/step3/state/subspace.json").read_text())
     assert state["counts"]["in"]["image"] > 0 and len(state["history"]) == 3
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import cmcl.config as cmcl_config
 from cmcl.catalog import methods as method_catalog
 
-SEQ = config["sequence"]
+SEQUENCES = config["sequences"]  # name -> task list
 METHODS = config["train"]["methods"]
 SEEDS = config["train"]["seeds"]
 JOINT = {m for m, info in method_catalog().items() if info.joint}
@@ -21,6 +21,7 @@ for _name in BUILTIN_CORPORA:
 
 wildcard_constraints:
     task="|".join(config["tasks"]),
+    sequence="|".join(SEQUENCES),
     split="train|test",
     method="[a-z0-9_]+",
     seed=r"\d+",
@@ -51,43 +52,64 @@ def get_embed_cfg(wildcards):
     return as_json({"embed": {**config["embed"], "encoders": enc}})
 
 
-def train_features(split):
-    return [f"data/features/{t}/{split}" for t in SEQ]
+def features(sequence, split):
+    return [f"data/features/{t}/{split}" for t in SEQUENCES[sequence]]
 
 
-def steps_for(method):
+def all_features(split):
+    return [f"data/features/{t}/{split}" for t in dict.fromkeys(sum(SEQUENCES.values(), []))]
+
+
+def steps_for(sequence, method):
     """Continual methods train every step; a joint method trains once, as step T."""
-    return [0, len(SEQ)] if method in JOINT else list(range(len(SEQ) + 1))
+    n = len(SEQUENCES[sequence])
+    return [0, n] if method in JOINT else list(range(n + 1))
+
+
+def run_dir(w):
+    return f"results/runs/{w.sequence}/{w.method}/seed{w.seed}"
+
+
+def get_init_features(wildcards):
+    return features(wildcards.sequence, "train")
 
 
 def get_train_inputs(wildcards):
-    step, run = int(wildcards.step), f"results/runs/{wildcards.method}/seed{wildcards.seed}"
+    step, run = int(wildcards.step), run_dir(wildcards)
     if wildcards.method in JOINT:
-        return {"prev": f"{run}/step0", "features": train_features("train")}
-    return {"prev": f"{run}/step{step - 1}", "features": f"data/features/{SEQ[step - 1]}/train"}
+        return {"prev": f"{run}/step0", "features": features(wildcards.sequence, "train")}
+    task = SEQUENCES[wildcards.sequence][step - 1]
+    return {"prev": f"{run}/step{step - 1}", "features": f"data/features/{task}/train"}
 
 
 def get_train_cfg(wildcards):
-    """Only this method's options: tuning one method never reruns another's jobs."""
-    keys = ("model", "loss", "train")
-    opts = {wildcards.method: config["methods"].get(wildcards.method, {})}
-    task = cmcl_config.step_task(config, wildcards.method, int(wildcards.step))
-    return as_json({**{k: config[k] for k in keys}, "methods": opts, "task": task})
+    """Only this method's options and overrides: tuning one method never reruns another's."""
+    m = wildcards.method
+    task = cmcl_config.step_task(config, wildcards.sequence, m, int(wildcards.step))
+    return as_json({**cmcl_config.method_params(config, m),
+                    "methods": {m: config["methods"].get(m, {})}, "task": task})
 
 
 def get_model_cfg(wildcards):
     return as_json({"model": config["model"]})
 
 
+def get_eval_features(wildcards):
+    return features(wildcards.sequence, "test")
+
+
 def get_eval_cfg(wildcards):
     return as_json({"loss": config["loss"], "eval": config["eval"],
-                    "tasks": [task_spec(t) for t in SEQ]})
+                    "sequence": wildcards.sequence,
+                    "tasks": [task_spec(t) for t in SEQUENCES[wildcards.sequence]]})
 
 
 def get_report_cfg(wildcards):
-    return as_json({"report": config["report"], "tasks": [task_spec(t) for t in SEQ]})
+    return as_json({"report": config["report"],
+                    "sequences": {s: [task_spec(t) for t in names]
+                                  for s, names in SEQUENCES.items()}})
 
 
 def all_evals():
-    return [f"results/eval/{m}/seed{s}/step{t}.parquet"
-            for m in METHODS for s in SEEDS for t in steps_for(m)]
+    return [f"results/eval/{q}/{m}/seed{s}/step{t}.parquet"
+            for q in SEQUENCES for m in METHODS for s in SEEDS for t in steps_for(q, m)]

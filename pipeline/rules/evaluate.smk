@@ -1,16 +1,16 @@
 rule evaluate:
     """Every task's test split after step t (step 0 = before training)."""
     input:
-        model="results/runs/{method}/seed{seed}/step{step}",
-        features=train_features("test"),
+        model="results/runs/{sequence}/{method}/seed{seed}/step{step}",
+        features=get_eval_features,
     output:
-        "results/eval/{method}/seed{seed}/step{step}.parquet",
+        "results/eval/{sequence}/{method}/seed{seed}/step{step}.parquet",
     params:
         cfg=get_eval_cfg,
     conda:
         "../envs/cmcl.yaml"
     log:
-        "logs/evaluate/{method}_seed{seed}_step{step}.log",
+        "logs/evaluate/{sequence}/{method}_seed{seed}_step{step}.log",
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} python -m cmcl evaluate --cfg {params.cfg:q} "

@@ -2,23 +2,27 @@ rule report:
     """Accuracy matrices, continual-learning metrics, plots and report.md over all runs."""
     input:
         evals=all_evals(),
-        features=train_features("train") + train_features("test"),
+        features=all_features("train") + all_features("test"),
     output:
         metrics="reports/metrics.json",
         md="reports/report.md",
         html="reports/report.html",
         curves=report(
-            "reports/plots/scores_over_steps.png",
+            expand("reports/plots/{sequence}/scores_over_steps.png", sequence=SEQUENCES),
             caption="../report/scores_over_steps.rst",
             category="Continual learning",
         ),
         scatter=report(
-            "reports/plots/stability_plasticity.png",
+            expand("reports/plots/{sequence}/stability_plasticity.png", sequence=SEQUENCES),
             caption="../report/stability_plasticity.rst",
             category="Continual learning",
         ),
         matrices=report(
-            expand("reports/plots/acc_matrix_{method}.png", method=METHODS),
+            expand(
+                "reports/plots/{sequence}/acc_matrix_{method}.png",
+                sequence=SEQUENCES,
+                method=METHODS,
+            ),
             caption="../report/acc_matrix.rst",
             category="Accuracy matrices",
         ),

@@ -1,12 +1,13 @@
 # Optuna sweeps: `snakemake --cores 2 sweep`. Each worker is one job (one Slurm job on a
 # cluster) running trials until the study holds sweep.n_trials; sweep_best exports best.yaml.
 STUDY = config["sweep"]["study"] if config.get("sweep") else None
+SWEEP_SEQ = config["sweep"]["sequence"] if config.get("sweep") else next(iter(SEQUENCES))
 
 
 rule sweep_worker:
     """Run trials of the study (train the chain in-process, score on validation)."""
     input:
-        train_features("train"),
+        features(SWEEP_SEQ, "train"),
     output:
         "results/sweep/{study}/worker{worker}.json",
     params:
@@ -35,8 +36,8 @@ rule sweep_best:
             study=wildcards.study,
             worker=range(config["sweep"]["n_workers"]),
         ),
-        train=train_features("train"),
-        test=train_features("test"),
+        train=features(SWEEP_SEQ, "train"),
+        test=features(SWEEP_SEQ, "test"),
     output:
         best="reports/sweep/{study}/best.yaml",
         summary="reports/sweep/{study}/summary.json",

@@ -1,15 +1,15 @@
 rule init:
-    """Step 0: the untrained heads every run of (method, seed) starts from."""
+    """Step 0: the untrained heads every run of (sequence, method, seed) starts from."""
     input:
-        train_features("train"),
+        get_init_features,
     output:
-        directory("results/runs/{method}/seed{seed}/step0"),
+        directory("results/runs/{sequence}/{method}/seed{seed}/step0"),
     params:
         cfg=get_model_cfg,
     conda:
         "../envs/cmcl.yaml"
     log:
-        "logs/init/{method}_seed{seed}.log",
+        "logs/init/{sequence}/{method}_seed{seed}.log",
     shell:
         "python -m cmcl init --cfg {params.cfg:q} --method {wildcards.method} "
         "--seed {wildcards.seed} --features {input} --out {output} > {log} 2>&1"
@@ -20,15 +20,15 @@ rule train:
     input:
         unpack(get_train_inputs),
     output:
-        directory("results/runs/{method}/seed{seed}/step{step}"),
+        directory("results/runs/{sequence}/{method}/seed{seed}/step{step}"),
     params:
         cfg=get_train_cfg,
     conda:
         "../envs/cmcl.yaml"
     log:
-        "logs/train/{method}_seed{seed}_step{step}.log",
+        "logs/train/{sequence}/{method}_seed{seed}_step{step}.log",
     benchmark:
-        "results/benchmarks/train/{method}_seed{seed}_step{step}.tsv"
+        "results/benchmarks/train/{sequence}/{method}_seed{seed}_step{step}.tsv"
     wildcard_constraints:
         step="[1-9][0-9]*",
     threads: 1

@@ -17,14 +17,18 @@ import yaml
 
 from cmcl.io import atomic_path, write_json
 
-RESULT_SECTIONS = ("corpora", "tasks", "sequence", "shard", "embed", "model", "loss", "eval")
+RESULT_SECTIONS = ("corpora", "shard", "embed", "model", "loss", "eval")
 CHECKED = ("map_final_avg", "map_bwt", "r10_final_avg", "zs_acc_final_avg")
 
 
-def fingerprint(params: Mapping, method: str) -> str:
-    """Hash of everything that determines `method`'s numbers (not the other methods' options)."""
-    train = {k: v for k, v in params["train"].items() if k != "methods"}
-    blob = {**{k: params.get(k) for k in RESULT_SECTIONS}, "train": train,
+def fingerprint(params: Mapping, sequence: str, method: str) -> str:
+    """Hash of everything that determines `method`'s numbers on `sequence` (not the other
+    methods' options, not the other sequences)."""
+    from cmcl.config import method_params
+
+    train = {k: v for k, v in method_params(params, method)["train"].items() if k != "methods"}
+    tasks = [{"name": t, **params["tasks"][t]} for t in params["sequences"][sequence]]
+    blob = {**{k: params.get(k) for k in RESULT_SECTIONS}, "tasks": tasks, "train": train,
             "options": params.get("methods", {}).get(method, {}), "method": method}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -32,37 +36,43 @@ def fingerprint(params: Mapping, method: str) -> str:
 def expect(metrics: Mapping, params: Mapping, out: str | Path, min_tol: float = 1.0,
            n_std: float = 4.0) -> dict:
     """Record the current metrics as expected: tolerance = max(min_tol, n_std * seed std)."""
-    entry = {}
-    for method, m in metrics.items():
-        vals = {k: {"value": m[k], "tol": round(max(min_tol, n_std * (m.get(f"{k}_std") or 0)), 2)}
-                for k in CHECKED if m.get(k) is not None}
-        entry[method] = {"fingerprint": fingerprint(params, method), "n_seeds": m.get("n_seeds"),
-                         "metrics": vals}
+    entry: dict = {}
+    for seq, per_method in metrics.items():
+        for method, m in per_method.items():
+            vals = {k: {"value": m[k],
+                        "tol": round(max(min_tol, n_std * (m.get(f"{k}_std") or 0)), 2)}
+                    for k in CHECKED if m.get(k) is not None}
+            entry.setdefault(seq, {})[method] = {
+                "fingerprint": fingerprint(params, seq, method), "n_seeds": m.get("n_seeds"),
+                "metrics": vals}
     with atomic_path(out) as tmp:
-        tmp.write_text("# Expected results (percent); regenerate deliberately with "
-                       "`python -m cmcl expect`.\n" + yaml.safe_dump(entry, sort_keys=True))
+        tmp.write_text("# Expected results (percent) per sequence and method; regenerate "
+                       "deliberately with `python -m cmcl expect`.\n"
+                       + yaml.safe_dump(entry, sort_keys=True))
     return entry
 
 
 def check(metrics: Mapping, params: Mapping, expected: Mapping) -> tuple[bool, list[dict]]:
-    """Rows (method, metric, value, expected, tol, status); ok is False if any deviates."""
+    """Rows (sequence, method, metric, value, expected, tol, status); ok is False if any
+    deviates. Runs without an expected entry, or with other params, are listed, not failed."""
     rows, ok = [], True
-    for method, m in sorted(metrics.items()):
-        exp = expected.get(method)
-        if exp is None:
-            rows.append({"method": method, "status": "not checked: no expected entry"})
-            continue
-        if exp["fingerprint"] != fingerprint(params, method):
-            rows.append({"method": method,
-                         "status": "not checked: params differ from the expected run's"})
-            continue
-        for key, e in exp["metrics"].items():
-            value = m.get(key)
-            bad = value is None or abs(value - e["value"]) > e["tol"]
-            ok &= not bad
-            rows.append({"method": method, "metric": key, "value": value,
-                         "expected": e["value"], "tol": e["tol"],
-                         "status": "DEVIATES" if bad else "ok"})
+    for seq, per_method in sorted(metrics.items()):
+        for method, m in sorted(per_method.items()):
+            exp = expected.get(seq, {}).get(method)
+            where = {"sequence": seq, "method": method}
+            if exp is None:
+                rows.append({**where, "status": "not checked: no expected entry"})
+                continue
+            if exp["fingerprint"] != fingerprint(params, seq, method):
+                rows.append({**where,
+                             "status": "not checked: params differ from the expected run's"})
+                continue
+            for key, e in exp["metrics"].items():
+                value = m.get(key)
+                bad = value is None or abs(value - e["value"]) > e["tol"]
+                ok &= not bad
+                rows.append({**where, "metric": key, "value": value, "expected": e["value"],
+                             "tol": e["tol"], "status": "DEVIATES" if bad else "ok"})
     return ok, rows
 
 
@@ -73,9 +83,9 @@ def run_check(metrics_path: str | Path, params: Mapping, expected_path: str | Pa
     ok, rows = check(metrics, params, expected)
     for r in rows:
         if "metric" in r:
-            print(f"{r['status']:9s} {r['method']:12s} {r['metric']:18s} {r['value']!s:>9} "
-                  f"(expected {r['expected']} ± {r['tol']})")
+            print(f"{r['status']:9s} {r['sequence']:10s} {r['method']:12s} {r['metric']:18s} "
+                  f"{r['value']!s:>9} (expected {r['expected']} ± {r['tol']})")
         else:
-            print(f"{'-':9s} {r['method']:12s} {r['status']}")
+            print(f"{'-':9s} {r['sequence']:10s} {r['method']:12s} {r['status']}")
     write_json(out, {"ok": ok, "expected_file": str(expected_path), "rows": rows})
     return ok

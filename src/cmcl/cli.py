@@ -67,13 +67,18 @@ def _train_cfg(a) -> dict:
         return a.cfg
     if a.params is None:
         raise SystemExit("train: give --cfg (JSON) or --params (a params.yaml)")
-    from cmcl.config import load, step_task
+    from cmcl.config import load, method_params, step_task
 
     p = load(a.params)
-    if not 1 <= a.step <= len(p["sequence"]):
-        raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequence'])} of {a.params}")
-    task = step_task(p, a.method, a.step)
-    return {**{k: p[k] for k in ("model", "loss", "train", "methods")}, "task": task}
+    seq = a.sequence or next(iter(p["sequences"]))
+    if seq not in p["sequences"]:
+        raise SystemExit(f"train: --sequence {seq} is not declared in {a.params} "
+                         f"({sorted(p['sequences'])})")
+    if not 1 <= a.step <= len(p["sequences"][seq]):
+        raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequences'][seq])} of "
+                         f"sequence '{seq}' in {a.params}")
+    task = step_task(p, seq, a.method, a.step)
+    return {**method_params(p, a.method), "methods": p["methods"], "task": task}
 
 
 def cmd_train(a) -> None:
@@ -89,7 +94,8 @@ def cmd_train(a) -> None:
 def cmd_evaluate(a) -> None:
     from cmcl.evaluate import evaluate_step
 
-    df = evaluate_step(a.cfg, a.model, a.cfg["tasks"], a.features, a.out)
+    df = evaluate_step(a.cfg, a.model, a.cfg["tasks"], a.features, a.out,
+                       a.cfg.get("sequence", "default"))
     print(df.pivot_table(index="eval_task", columns="metric", values="value")
           .round(3).to_string())
 
@@ -98,14 +104,13 @@ def cmd_report(a) -> None:
     from cmcl.report import build_report, collect
 
     df = collect(a.evals)
-    tasks = [dict(t) for t in a.cfg["tasks"]]
+    sequences = {s: [dict(t) for t in tasks] for s, tasks in a.cfg["sequences"].items()}
     for d in a.features or []:  # pair counts and rejected samples, from the feature metadata
         meta = json.loads((Path(d) / "meta.json").read_text())
-        t = next((t for t in tasks if t["name"] == meta["task"]), None)
-        if t is not None:
+        for t in (t for tasks in sequences.values() for t in tasks if t["name"] == meta["task"]):
             t.setdefault("pairs", {})[meta["split"]] = meta["count"]
             t["rejected"] = max(t.get("rejected", 0), meta.get("rejected", 0))
-    build_report(df, tasks, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"))
+    build_report(df, sequences, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"))
     print(f"report: {Path(a.out_dir) / 'report.md'}")
 
 
@@ -129,8 +134,14 @@ def cmd_expect(a) -> None:
 
 def cmd_compare(a) -> None:
     """Run-vs-run table in the terminal: method A (file A) against method B (file B)."""
-    ma = json.loads(Path(a.metrics).read_text())
-    mb = json.loads(Path(a.metrics_b or a.metrics).read_text())
+    loaded = []
+    for path in (a.metrics, a.metrics_b or a.metrics):
+        per_seq = json.loads(Path(path).read_text())
+        seq = a.sequence or next(iter(per_seq))
+        if seq not in per_seq:
+            raise SystemExit(f"compare: no sequence '{seq}' in {path} ({sorted(per_seq)})")
+        loaded.append(per_seq[seq])
+    ma, mb = loaded
     for name, m in ((a.a, ma), (a.b, mb)):
         if name not in m:
             raise SystemExit(f"compare: no method '{name}' in the metrics ({sorted(m)})")
@@ -173,7 +184,9 @@ def cmd_validate(a) -> None:
     from cmcl.config import load
 
     p = load(a.params)
-    print(f"{a.params}: ok ({len(p['sequence'])} tasks, methods {p['train']['methods']})")
+    seqs = ", ".join(f"{s} ({len(t)} tasks)" for s, t in p["sequences"].items())
+    print(f"{a.params}: ok (sequences {seqs}; methods {p['train']['methods']}; "
+          f"seeds {p['train']['seeds']})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -207,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--cfg", type=_json, required=name == "init")
         if name == "train":
             p.add_argument("--params", help="build the config from this params.yaml instead")
+            p.add_argument("--sequence", help="with --params: the sequence (default: the first)")
         p.add_argument("--method", required=True)
         p.add_argument("--seed", type=int, required=True)
         p.add_argument("--out", required=True)
@@ -242,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="reports/metrics.json")
     p.add_argument("--metrics-b", help="take B from another metrics.json (another experiment)")
     p.add_argument("--metric", nargs="+", default=["map", "r10", "zs_acc"])
+    p.add_argument("--sequence", help="which sequence of the metrics (default: the first)")
     for name, fn, h in (("sweep-worker", cmd_sweep_worker, "run Optuna trials until n_trials"),
                         ("sweep-best", cmd_sweep_best, "best.yaml, figures, test scores")):
         p = verb(name, fn, h)

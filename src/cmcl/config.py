@@ -87,12 +87,24 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
                                 f"embed.encoders")
         if t["modalities"][0] == t["modalities"][1]:
             problems.append(f"tasks.{name}.modalities: a task pairs two different modalities")
-    for i, t in enumerate(params["sequence"]):
-        if t not in params["tasks"]:
-            problems.append(f"sequence[{i}]: task '{t}' is not declared under tasks "
-                            f"({sorted(params['tasks'])})")
-    if len(set(params["sequence"])) != len(params["sequence"]):
-        problems.append("sequence: a task appears twice")
+    for seq, names in params["sequences"].items():
+        for i, t in enumerate(names):
+            if t not in params["tasks"]:
+                problems.append(f"sequences.{seq}[{i}]: task '{t}' is not declared under tasks "
+                                f"({sorted(params['tasks'])})")
+        if len(set(names)) != len(names):
+            problems.append(f"sequences.{seq}: a task appears twice")
+    train_schema = schema["properties"]["train"]
+    for m, o in params["overrides"].items():
+        if m not in methods:
+            problems.append(f"overrides.{m}: not a registered method ({sorted(methods)})")
+        for key in ("methods", "seeds"):
+            if key in o.get("train", {}):
+                problems.append(f"overrides.{m}.train.{key}: the experiment matrix is global; "
+                                "set it under train")
+        merged = {**params["train"], **o.get("train", {})}
+        for e in jsonschema.Draft202012Validator(train_schema).iter_errors(merged):
+            problems.append(f"overrides.{m}.train.{_path(e)}: {e.message}")
     for name, c in params["corpora"].items():
         if not c.get("builtin") and not Path(c["path"]).is_dir():
             problems.append(f"corpora.{name}.path: folder '{c['path']}' does not exist "
@@ -105,11 +117,20 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     if sw:
         if sw["method"] not in methods:
             problems.append(f"sweep.method: '{sw['method']}' is not a registered method")
+        if sw["sequence"] is None:
+            sw["sequence"] = next(iter(params["sequences"]))
+        elif sw["sequence"] not in params["sequences"]:
+            problems.append(f"sweep.sequence: '{sw['sequence']}' is not declared under "
+                            f"sequences ({sorted(params['sequences'])})")
         for key, spec in sw["space"].items():
             if "." not in key and sw["method"] in methods and key not in \
                     methods[sw["method"]].options.get("properties", {}):
                 problems.append(f"sweep.space.{key}: not an option of method '{sw['method']}' "
                                 "(use a dotted path such as train.lr for other params)")
+            over = params["overrides"].get(sw["method"], {}).get("train", {})
+            if key.startswith("train.") and key[6:] in over:
+                problems.append(f"sweep.space.{key}: overrides.{sw['method']}.{key} would "
+                                "replace every sampled value")
             if spec["type"] != "categorical" and spec["low"] > spec["high"]:
                 problems.append(f"sweep.space.{key}: low > high")
             if spec.get("log") and spec["type"] != "categorical" and spec["low"] <= 0:
@@ -137,11 +158,19 @@ def task_spec(params: Mapping, name: str) -> dict:
     return {"name": name, **params["tasks"][name]}
 
 
-def step_task(params: Mapping, method: str, step: int) -> dict:
-    """What training step `step` of `method` trains on: one task, or all of them for a joint
-    method (its single step T over the union)."""
+def method_params(params: Mapping, method: str) -> dict:
+    """model/loss/train as `method` trains with them: the shared sections plus its overrides."""
+    over = params.get("overrides", {}).get(method, {}).get("train", {})
+    return {"model": params["model"], "loss": params["loss"],
+            "train": {**params["train"], **over}}
+
+
+def step_task(params: Mapping, sequence: str, method: str, step: int) -> dict:
+    """What training step `step` of `method` on `sequence` trains on: one task, or all of them
+    for a joint method (its single step T over the union)."""
     from cmcl.catalog import methods
 
+    names = params["sequences"][sequence]
     if methods()[method].joint:
-        return {"name": "joint", "tasks": [task_spec(params, t) for t in params["sequence"]]}
-    return task_spec(params, params["sequence"][step - 1])
+        return {"name": "joint", "tasks": [task_spec(params, t) for t in names]}
+    return task_spec(params, names[step - 1])

@@ -19,7 +19,7 @@ from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
 from cmcl.shards import read_features
 from cmcl.train import load_model, load_strategy
 
-COLUMNS = ["run", "method", "seed", "step", "eval_task", "metric", "value"]
+COLUMNS = ["sequence", "run", "method", "seed", "step", "eval_task", "metric", "value"]
 
 
 @torch.no_grad()
@@ -74,7 +74,8 @@ def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
 
 
 def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
-                  test_dirs: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
+                  test_dirs: Sequence[str | Path], out: str | Path,
+                  sequence: str = "default") -> pd.DataFrame:
     """All metrics of one step on every task; writes Parquet atomically."""
     model, meta = load_model(step_dir)
     model.eval()
@@ -89,7 +90,7 @@ def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
     for task, test_dir in zip(tasks, test_dirs, strict=True):
         for metric, value in evaluate_task(model, task, test_dir, cfg.get("eval", {}),
                                            normalize, fn).items():
-            rows.append((run, meta["method"], int(meta["seed"]), int(meta["step"]),
+            rows.append((sequence, run, meta["method"], int(meta["seed"]), int(meta["step"]),
                          task["name"], metric, float(value)))
     df = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out) as tmp:

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from cmcl.io import atomic_path, write_json
 from cmcl.metrics import accuracy_matrix, continual_metrics
 
-REQUIRED_COLUMNS = ("run", "method", "seed", "step", "eval_task", "metric", "value")
+REQUIRED_COLUMNS = ("sequence", "run", "method", "seed", "step", "eval_task", "metric", "value")
 STATS = ("final_avg", "avg_inc", "bwt", "fwt", "forgetting", "mtil_transfer", "mtil_avg")
 TASK_KEYS = ("name", "corpus", "modalities", "pairing", "relevance")
 RELEVANCE_TEXT = {"instance": "instance (hit = paired item)",
@@ -181,10 +181,10 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _markdown(tasks: Sequence[Mapping], metrics: dict, means: dict[str, np.ndarray],
-              main_metric: str, has_zs: bool) -> str:
+def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
+                       means: dict[str, np.ndarray], main_metric: str, has_zs: bool) -> list[str]:
     names = [t["name"] for t in tasks]
-    out = ["# Continual multimodal contrastive learning: evaluation report", "", "## Tasks", ""]
+    out = [f"## Sequence `{seq}`", "", "### Tasks", ""]
     sizes = any("pairs" in t for t in tasks)
     out += _md_table(
         ["Step", "Task", "Corpus", "Modalities", "Pairing", "Retrieval relevance"]
@@ -207,36 +207,44 @@ def _markdown(tasks: Sequence[Mapping], metrics: dict, means: dict[str, np.ndarr
     else:
         seed_text = "seeds per method: " + ", ".join(
             f"{m} {e['n_seeds']}" for m, e in metrics.items())
-    out += ["", "## Main results", ""] + _md_table(header, rows) + [
+    out += ["", "### Main results", ""] + _md_table(header, rows) + [
         "",
         f"Acc is the final average of `{main_metric}` over all {len(names)} tasks after the "
         f"last step; BWT is its backward transfer; R@k are final averages (mean of both "
         f"directions), BWT_R10 the backward transfer of R@10"
         + (", ZS-Acc the final average zero-shot accuracy" if has_zs else "")
         + f". Values in percent, mean ± std over {seed_text}.",
-        "", "## Figures", "",
-        "![Stability vs plasticity](plots/stability_plasticity.png)", "",
-        f"![{main_metric} over steps](plots/scores_over_steps.png)", "",
-        "## Accuracy matrices", "",
+        "", "### Figures", "",
+        f"![Stability vs plasticity](plots/{seq}/stability_plasticity.png)", "",
+        f"![{main_metric} over steps](plots/{seq}/scores_over_steps.png)", "",
+        "### Accuracy matrices", "",
         f"`{main_metric}` in percent, mean over seeds; rows = after step, columns = task.", ""]
     for method, mean in means.items():
-        out += [f"### {method}", "", f"![{method}](plots/acc_matrix_{_file_stem(method)}.png)", ""]
+        out += [f"#### {method}", "",
+                f"![{method}](plots/{seq}/acc_matrix_{_file_stem(method)}.png)", ""]
         cells = [[label] + ["n/a" if np.isnan(v) else f"{v:.2f}" for v in row]
                  for label, row in zip(_step_labels(names), mean, strict=True)]
         out += _md_table(["Step"] + names, cells) + [""]
-    return "\n".join(out)
+    return out
 
 
-def build_report(df: pd.DataFrame, tasks: Sequence[Mapping], out_dir: str | Path,
-                 main_metric: str = "map") -> dict:
-    """Write metrics.json, plots/ and report.md under out_dir; return the metrics dict.
+def _markdown_overview(metrics: dict, main_metric: str) -> list[str]:
+    """Methods x sequences at a glance (only when the matrix has several sequences)."""
+    seqs = list(metrics)
+    methods = list(dict.fromkeys(m for s in seqs for m in metrics[s]))
+    rows = [[m] + [" / ".join(_fmt(metrics[s][m], k, True) if m in metrics[s] else "n/a"
+                              for k in (f"{main_metric}_final_avg", f"{main_metric}_bwt"))
+                   for s in seqs] for m in methods]
+    return ["## Overview", "", f"Final average `{main_metric}` / its BWT (percent, seed mean) "
+            "per sequence.", ""] + _md_table(["Method"] + seqs, rows) + [""]
 
-    metrics.json holds {method: {"<metric>_<stat>": mean, "..._std": std, "n_seeds": k}} in
-    percent so DVC diffs read like the paper's tables.
-    """
+
+def _sequence_stats(df: pd.DataFrame, tasks: Sequence[Mapping], plots: Path,
+                    main_metric: str) -> tuple[dict, dict, list[dict], list[dict]]:
+    """One sequence: per-method metrics, mean matrices, curve and scatter points, and the
+    per-method matrix plots under `plots`."""
     _validate(df, tasks, main_metric)
-    out_dir, names = Path(out_dir), [t["name"] for t in tasks]
-    plots = out_dir / "plots"
+    names = [t["name"] for t in tasks]
     present = set(df["metric"])
     metric_names = [m for m in dict.fromkeys((main_metric, "r1", "r5", "r10", "zs_acc"))
                     if m in present]
@@ -274,19 +282,53 @@ def build_report(df: pd.DataFrame, tasks: Sequence[Mapping], out_dir: str | Path
         stem = f"acc_matrix_{_file_stem(str(method))}"  # not with_suffix: names may hold "."
         _save_csv(long, plots / f"{stem}.csv")
         _plot_matrix(mean_m, names, f"{method}: {main_metric} (%)", plots / f"{stem}.png")
+    return metrics, means, curves, points
 
-    curves_df = pd.DataFrame(curves)
-    _save_csv(curves_df, plots / "scores_over_steps.csv")
-    _plot_over_steps(curves_df, names, main_metric, plots / "scores_over_steps.png")
-    points_df = pd.DataFrame(points).astype({"final_avg": float, "bwt": float})
-    _save_csv(points_df, plots / "stability_plasticity.csv")
-    _plot_stability(points_df, main_metric, plots / "stability_plasticity.png")
 
+def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
+                 out_dir: str | Path, main_metric: str = "map") -> dict:
+    """Write metrics.json, plots/ and report.md under out_dir; return the metrics dict.
+
+    metrics.json holds {sequence: {method: {"<metric>_<stat>": mean, "..._std": std,
+    "n_seeds": k}}} in percent so DVC diffs read like the paper's tables. Figures of a sequence
+    go to plots/<sequence>/; the CSVs for `dvc plots` cover every sequence (a column says which).
+    """
+    if not sequences:
+        raise ValueError("build_report: no sequence given")
+    if "sequence" not in df.columns:
+        raise ValueError("build_report: DataFrame is missing columns ['sequence']")
+    unknown = sorted(set(df["sequence"]) - set(sequences), key=str)
+    if unknown:
+        raise ValueError(f"build_report: evaluations of undeclared sequences {unknown} "
+                         f"(declared: {sorted(sequences)})")
+    out_dir = Path(out_dir)
+    metrics, text, curves, points = {}, [], [], []
+    for seq, tasks in sequences.items():
+        rows = df[df["sequence"] == seq]
+        if rows.empty:
+            raise ValueError(f"build_report: no evaluation rows for sequence '{seq}'")
+        plots = out_dir / "plots" / seq
+        m, means, c, p = _sequence_stats(rows, tasks, plots, main_metric)
+        metrics[seq] = m
+        c_df, p_df = pd.DataFrame(c), pd.DataFrame(p).astype({"final_avg": float, "bwt": float})
+        names = [t["name"] for t in tasks]
+        _plot_over_steps(c_df, names, main_metric, plots / "scores_over_steps.png")
+        _plot_stability(p_df, main_metric, plots / "stability_plasticity.png")
+        curves.append(c_df.assign(sequence=seq))
+        points.append(p_df.assign(sequence=seq))
+        text += _markdown_sequence(seq, tasks, m, means, main_metric,
+                                   bool((rows["metric"] == "zs_acc").any()))
+    _save_csv(pd.concat(curves, ignore_index=True), out_dir / "plots" / "scores_over_steps.csv")
+    _save_csv(pd.concat(points, ignore_index=True),
+              out_dir / "plots" / "stability_plasticity.csv")
     write_json(out_dir / "metrics.json", metrics)
-    text = _markdown(tasks, metrics, means, main_metric, "zs_acc" in metric_names)
+    head = ["# Continual multimodal contrastive learning: evaluation report", ""]
+    if len(sequences) > 1:
+        head += _markdown_overview(metrics, main_metric)
+    md = "\n".join(head + text)
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(text + "\n")
-    render_html(text, out_dir, out_dir / "report.html")
+        tmp.write_text(md + "\n")
+    render_html(md, out_dir, out_dir / "report.html")
     return metrics
 
 

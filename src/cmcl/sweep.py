@@ -23,6 +23,7 @@ import torch
 import yaml
 from accelerate.utils import set_seed
 
+from cmcl.config import method_params
 from cmcl.evaluate import load_split, score_task
 from cmcl.io import atomic_path, write_json
 from cmcl.losses import resolve
@@ -70,8 +71,9 @@ def study_name(params: Mapping) -> str:
     """The configured name plus a fingerprint of everything a trial's score depends on, so a
     changed space, objective or data starts a fresh study instead of mixing incomparable ones."""
     sw = params["sweep"]
-    blob = {k: params[k] for k in ("tasks", "sequence", "shard", "embed", "model", "loss",
-                                   "train", "eval", "methods")}
+    blob = {k: params.get(k) for k in ("tasks", "shard", "embed", "model", "loss", "train",
+                                       "overrides", "eval", "methods")}
+    blob["tasks_in_order"] = sweep_tasks(params)
     blob["sweep"] = {k: sw[k] for k in ("method", "space", "objective", "val_fraction", "seed")}
     digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:10]
     return f"{sw['study']}-{digest}"
@@ -111,10 +113,16 @@ def split_validation(data: Mapping, fraction: float, seed: int) -> tuple[dict, d
     return parts[0], parts[1]
 
 
+def sweep_tasks(params: Mapping) -> list[str]:
+    """The task names of the sequence the study tunes on (sweep.sequence, else the first)."""
+    seq = params["sweep"].get("sequence") or next(iter(params["sequences"]))
+    return list(params["sequences"][seq])
+
+
 def load_chain_data(params: Mapping, feature_root: str | Path, held_out: str) -> dict:
     """{task: (train, eval)}: eval = carved validation ("val") or the test split ("test")."""
     out = {}
-    for i, name in enumerate(params["sequence"]):
+    for i, name in enumerate(sweep_tasks(params)):
         train = load_split(Path(feature_root) / name / "train")
         if held_out == "val":
             out[name] = split_validation(train, params["sweep"]["val_fraction"],
@@ -137,7 +145,7 @@ class ChainRunner:
         self.tmp = Path(tempfile.mkdtemp(prefix="cmcl-sweep-"))
 
     def tasks(self) -> list[dict]:
-        return [{"name": t, **self.params["tasks"][t]} for t in self.params["sequence"]]
+        return [{"name": t, **self.params["tasks"][t]} for t in sweep_tasks(self.params)]
 
     def _first_step_key(self, cfg: Mapping) -> str | None:
         cls = discover()[self.method]
@@ -160,8 +168,9 @@ class ChainRunner:
 
     def run(self, cfg: Mapping, trial: optuna.Trial | None = None) -> dict:
         """Train the whole chain with `cfg`; return objective, accuracy matrix and metrics."""
-        cfg = {**cfg, "methods": {self.method: discover()[self.method].resolve_options(
-            cfg.get("methods", {}).get(self.method, {}))}}
+        cfg = {**cfg, **method_params(cfg, self.method),
+               "methods": {self.method: discover()[self.method].resolve_options(
+                   cfg.get("methods", {}).get(self.method, {}))}}
         metric = cfg["sweep"]["objective"]["metric"]
         tasks = self.tasks()
         dims = {}
