@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
 from cmcl.models import MultiHead
 from cmcl.strategies import get_strategy
+from cmcl.strategies.dns import DNS
+from cmcl.subspace import FactoredGradients
 
 DIMS = {"a": 12, "b": 10, "c": 9}
 EMBED = 8
@@ -27,12 +30,13 @@ def low_rank(n: int, d: int, rank: int, seed: int) -> torch.Tensor:
     return torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g)
 
 
-def fit(model, strategy, c, task, step, xa, xb):
+def fit(model, strategy, c, task, step, xa, xb, with_log=False):
     from cmcl.train import fit_task
 
     labels = torch.arange(len(xa))
-    return fit_task(model, strategy, c, {"name": f"t{step}", "modalities": task}, step, 0,
-                    xa, xb, labels)[0]
+    out = fit_task(model, strategy, c, {"name": f"t{step}", "modalities": task}, step, 0,
+                   xa, xb, labels)
+    return out if with_log else out[0]
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +57,15 @@ def similarities(model, xa, xb):
         return model("a", xa) @ model("b", xb).T
 
 
-def run_new_task(old, method="dns", one_step=False, **dns):
-    """Step 2 trains (a, c) on full-rank data; returns old-pair similarity drift and head move."""
+def train_new_task(old, method="dns", one_step=False, train=None, **dns):
+    """Step 2 trains (a, c) on full-rank data; returns the model, the log, the old-pair
+    similarity drift and how far head a moved."""
     model0, state, xa, xb = old
     model = copy.deepcopy(model0)
     c = cfg(**dns)
     if one_step:  # a single full-batch AdamW step: same raw update for every variant
         c["train"] |= {"epochs": 1, "batch_size": 128}
+    c["train"] |= train or {}
     strat = get_strategy(method, c)
     if method == "dns":
         strat.load_state(None, model)
@@ -67,10 +73,14 @@ def run_new_task(old, method="dns", one_step=False, **dns):
     xa_new, xc_new = low_rank(128, DIMS["a"], 12, 3), low_rank(128, DIMS["c"], 9, 4)
     before = similarities(model, xa, xb)
     w0 = model.heads["a"].weight.detach().clone()
-    model = fit(model, strat, c, ("a", "c"), 2, xa_new, xc_new)
+    model, log = fit(model, strat, c, ("a", "c"), 2, xa_new, xc_new, with_log=True)
     drift = (similarities(model, xa, xb) - before).abs().max().item() / before.abs().max().item()
     moved = (model.heads["a"].weight - w0).norm().item()
-    return drift, moved
+    return model, log, drift, moved
+
+
+def run_new_task(old, method="dns", one_step=False, **dns):
+    return train_new_task(old, method, one_step, **dns)[2:]
 
 
 def test_exact_dns_keeps_old_similarities_while_finetune_does_not(old_task):
@@ -128,3 +138,84 @@ def test_state_round_trip_and_shape_mismatch(old_task, tmp_path):
     assert torch.allclose(p_out.matrix(), q_out.matrix())
     with pytest.raises(ValueError, match=r"subspace\.json.*'a'.*(12.*13|13.*12)"):
         strat.load_state(tmp_path, MultiHead({**DIMS, "a": 13}, EMBED))
+
+
+@pytest.mark.parametrize("clip", [1e-3, 0])
+def test_faithful_factored_gradients_equal_the_dense_projection(old_task, monkeypatch, clip):
+    """The fast path of the faithful placement is the same algorithm: projecting Δᵀ X through
+    its factors (clipping factor recovered) gives the weights the dense projection gives."""
+    fast, log, _, _ = train_new_task(old_task, train={"grad_clip": clip}, placement="faithful")
+    assert log["dns_gradient_paths"] == {"factored": 8 * 8, "dense": 0}  # c has no past
+    monkeypatch.setattr(FactoredGradients, "usable", staticmethod(lambda: False))
+    slow, log, _, _ = train_new_task(old_task, train={"grad_clip": clip}, placement="faithful")
+    assert log["dns_gradient_paths"] == {"factored": 0, "dense": 8 * 8}
+    for m in ("a", "c"):
+        torch.testing.assert_close(fast.heads[m].weight, slow.heads[m].weight, rtol=1e-5,
+                                   atol=1e-6)
+
+
+class PenalisedDNS(DNS):
+    """DNS faithful plus a weight penalty: its gradient is no longer Δᵀ X."""
+
+    name = "dns"
+
+    def extra_loss(self, ctx, batch, emb):
+        return 1e-2 * ctx.model.heads["a"].weight.pow(2).sum()
+
+
+def test_faithful_falls_back_to_the_dense_path_when_the_gradient_is_not_its_factors(old_task):
+    model0, state, _, _ = old_task
+    c = cfg(placement="faithful")
+    strat = PenalisedDNS(c)
+    strat.load_state(None, model0)
+    strat.state = copy.deepcopy(state)
+    xa_new, xc_new = low_rank(128, DIMS["a"], 12, 3), low_rank(128, DIMS["c"], 9, 4)
+    _, log = fit(copy.deepcopy(model0), strat, c, ("a", "c"), 2, xa_new, xc_new, with_log=True)
+    assert log["dns_gradient_paths"] == {"factored": 0, "dense": 8 * 8}
+
+
+@pytest.mark.parametrize("sides", ["both", "input", "output"])
+def test_rotated_placement_keeps_old_similarities(old_task, sides):
+    model, _, drift, moved = train_new_task(old_task, placement="rotated", sides=sides)
+    _, _, drift_ft, _ = train_new_task(old_task, "finetune")
+    assert moved > 0.1, "rotated DNS must still learn the new task"
+    assert drift < 1e-5, f"rotated DNS ({sides}) moved old similarities by {drift:.2e}"
+    assert drift_ft > 0.05
+    for head in model.heads.values():  # hooks gone, weights back in the original coordinates
+        assert not head._forward_hooks and not head._forward_pre_hooks
+
+
+def test_rotated_placement_is_another_optimizer_with_the_same_first_loss(old_task):
+    """Same forward pass (first-epoch losses start alike) but AdamW acts in rotated
+    coordinates, so the weights differ from exact DNS: it is an opt-in option, not a path."""
+    exact, log_e, _, _ = train_new_task(old_task)
+    rot, log_r, _, _ = train_new_task(old_task, placement="rotated")
+    assert abs(log_e["epoch_loss"][0] - log_r["epoch_loss"][0]) < 0.05 * log_e["epoch_loss"][0]
+    assert (exact.heads["a"].weight - rot.heads["a"].weight).abs().max() > 1e-3
+    assert get_strategy("dns", {}).opts["placement"] == "exact"
+
+
+def test_rotated_placement_refuses_heads_with_a_bias():
+    strat = get_strategy("dns", cfg(placement="rotated"))
+    with pytest.raises(ValueError, match=r"methods\.dns\.placement.*bias"):
+        strat.load_state(None, MultiHead(DIMS, EMBED, bias=True))
+
+
+@pytest.mark.parametrize("placement", ["exact", "faithful", "rotated"])
+def test_preemption_checkpoints_record_only_the_path_counters(old_task, placement):
+    from cmcl.resume import load_strategy_state, strategy_state
+    from cmcl.strategies import TaskContext
+
+    model0, state, _, _ = old_task
+    model = copy.deepcopy(model0)
+    strat = get_strategy("dns", cfg(placement=placement))
+    strat.load_state(None, model)
+    strat.state = copy.deepcopy(state)
+    ctx = TaskContext(2, "t2", ("a", "c"), model, {}, cfg())
+    strat.before_task(ctx)  # hooks installed: the checkpoint must not try to record them
+    meta, tensors = strategy_state(strat)
+    assert tensors == {} and json.loads(json.dumps(meta)) == meta
+    strat.paths["factored"] = 3
+    load_strategy_state(strat, meta, tensors)
+    assert strat.paths == {"factored": 0, "dense": 0}
+    strat._close(ctx)

@@ -12,6 +12,8 @@ import torch
 from cmcl.models import MultiHead
 from cmcl.strategies import get_strategy
 from cmcl.strategies.adam_nscl import min_ratio_rank
+from cmcl.strategies.gpm import InputProjection
+from cmcl.subspace import FactoredGradients, null_space_update
 
 DIMS = {"a": 12, "b": 10, "c": 9}
 EMBED = 8
@@ -64,11 +66,14 @@ def old():
     return {"gpm": old_task("gpm", **GPM_SPAN), "adam_nscl": old_task("adam_nscl")}
 
 
-def new_task_drift(old_run, method: str, **opts) -> tuple[float, float]:
-    """Step 2 trains (a, c) on full-rank data; returns relative drift of W_a x_old, head move."""
+def new_task(old_run, method: str, train: dict | None = None, **opts):
+    """Step 2 trains (a, c) on full-rank data; returns the model, relative drift of W_a x_old
+    and how far head a moved."""
     model0, strat0, xa = old_run
     model = copy.deepcopy(model0)
-    strat = get_strategy(method, cfg(method, **opts))
+    c = cfg(method, **opts)
+    c["train"] |= train or {}
+    strat = get_strategy(method, c)
     strat.load_state(None, model)
     if hasattr(strat0, "state") and hasattr(strat, "state"):
         strat.state = copy.deepcopy(strat0.state)
@@ -76,10 +81,14 @@ def new_task_drift(old_run, method: str, **opts) -> tuple[float, float]:
         before = model("a", xa)
     w0 = model.heads["a"].weight.detach().clone()
     xa_new, xc_new = low_rank(128, DIMS["a"], 12, 3), low_rank(128, DIMS["c"], 9, 4)
-    model, log = fit(model, strat, cfg(method, **opts), ("a", "c"), 2, xa_new, xc_new)
+    model, log = fit(model, strat, c, ("a", "c"), 2, xa_new, xc_new)
     with torch.no_grad():
         drift = (model("a", xa) - before).abs().max().item() / before.abs().max().item()
-    return drift, (model.heads["a"].weight - w0).norm().item()
+    return model, drift, (model.heads["a"].weight - w0).norm().item()
+
+
+def new_task_drift(old_run, method: str, **opts) -> tuple[float, float]:
+    return new_task(old_run, method, **opts)[1:]
 
 
 def test_update_placement_keeps_old_outputs_while_finetune_does_not(old):
@@ -168,3 +177,53 @@ def test_registered_with_description_and_citation():
         assert s.description and s.citation and s.name == method
     assert get_strategy("gpm", {}).opts == {"placement": "gradient", "threshold_mode": "energy",
                                             "threshold": 0.97}
+    assert get_strategy("adam_nscl", {}).opts == {"placement": "update",
+                                                  "threshold_mode": "relative", "a": 1e-3}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gpm_factored_gradients_equal_the_dense_projection(monkeypatch, bias):
+    """GPM's gradient placement projects Δᵀ [X | 1] through its factors (bias included, the
+    clipping factor recovered): at every step, the gradient the dense projection gives."""
+    run = old_task("gpm", bias=bias, **GPM_SPAN)
+    project, errors = FactoredGradients.project_, []
+
+    def checked(self, m, p_out, p_in):
+        head = self.heads[m]
+        g = InputProjection._joined(head, grad=True).clone()
+        assert project(self, m, p_out, p_in)
+        got, want = InputProjection._joined(head, grad=True), null_space_update(g, p_out, p_in)
+        errors.append(((got - want).abs().max() / g.abs().max()).item())
+        return True
+
+    monkeypatch.setattr(FactoredGradients, "project_", checked)
+    fast, _, _ = new_task(run, "gpm", train={"grad_clip": 1e-3}, **GPM_SPAN)
+    assert len(errors) == 64 and max(errors) < 1e-5  # head a, 8 epochs x 8 batches
+    if bias:
+        # the constant input lies inside the protected span: both paths leave ~1e-11 of
+        # rounding in the bias gradient, which AdamW divides by eps = 1e-8 in a different
+        # direction for each: trajectories then differ by ~1e-4, so only steps are compared
+        return
+    monkeypatch.setattr(FactoredGradients, "usable", staticmethod(lambda: False))
+    slow, _, _ = new_task(run, "gpm", train={"grad_clip": 1e-3}, **GPM_SPAN)
+    assert len(errors) == 64
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p, dict(slow.named_parameters())[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gpm", "adam_nscl"])
+def test_rotated_placement_keeps_old_outputs(old, method):
+    """Opt-in: AdamW in the eigenbasis of P_in with the protected columns frozen. Another
+    optimizer than the update placement (different weights), the same invariant."""
+    opts = GPM_SPAN if method == "gpm" else {}
+    rot, drift, moved = new_task(old[method], method, placement="rotated", **opts)
+    upd, _, _ = new_task(old[method], method, placement="update", **opts)
+    assert drift < 1e-5 and moved > 0.1
+    assert (rot.heads["a"].weight - upd.heads["a"].weight).abs().max() > 1e-3
+    assert not rot.heads["a"]._forward_pre_hooks
+
+
+def test_rotated_placement_refuses_heads_with_a_bias():
+    strat = get_strategy("adam_nscl", cfg("adam_nscl", placement="rotated"))
+    with pytest.raises(ValueError, match=r"methods\.adam_nscl\.placement.*bias"):
+        strat.load_state(None, MultiHead(DIMS, EMBED, bias=True))

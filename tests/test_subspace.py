@@ -3,10 +3,13 @@ import torch
 
 from cmcl.io import load_tensors, save_tensors
 from cmcl.subspace import (
+    FactoredGradients,
     Projector,
+    RotatedHeads,
     RunningCovariance,
     SubspaceState,
     null_space_update,
+    null_space_update_,
     select_rank,
     spectrum,
 )
@@ -142,6 +145,21 @@ def test_identity_zero_and_cast():
         p.left(torch.randn(5, 3))
 
 
+@pytest.mark.parametrize("rank", [0, 2, 5, 6, 10])
+def test_eigenbasis_puts_the_range_first(rank):
+    d = 10
+    p = random_projector(d, rank, seed=3)
+    for q in (p, p.to(dtype=torch.float32)):
+        r = q.eigenbasis().to(F64)
+        torch.testing.assert_close(r.T @ r, torch.eye(d, dtype=F64), atol=1e-6, rtol=0)
+        mask = torch.diag(torch.tensor([1.0] * rank + [0.0] * (d - rank), dtype=F64))
+        torch.testing.assert_close(r @ mask @ r.T, p.matrix(), atol=1e-6, rtol=0)
+    assert torch.equal(Projector.identity(4).eigenbasis(), torch.eye(4, dtype=F64))
+    if p.basis.shape[1]:  # built from its thin basis alone, it cannot know the rest
+        with pytest.raises(ValueError, match="partial basis"):
+            Projector._of(p.basis, p.complement).eigenbasis()
+
+
 # --- null_space_update -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("k_out", "k_in"), [(0, 0), (1, 2), (2, 7), (5, 3), (5, 8), (6, 9),
@@ -152,6 +170,13 @@ def test_null_space_update_matches_dense(k_out, k_in):
     g = torch.randn(d_out, d_in, dtype=F64, generator=gen(3))
     expected = g - p_out.matrix() @ g @ p_in.matrix()
     torch.testing.assert_close(null_space_update(g, p_out, p_in), expected, atol=1e-12, rtol=0)
+    # in place, with the update itself as target and with another target (W -= P_out ΔW P_in)
+    w = torch.randn(d_out, d_in, dtype=F64, generator=gen(4))
+    expected_w = w - p_out.matrix() @ g @ p_in.matrix()
+    assert null_space_update_(w, g, p_out, p_in) is w
+    torch.testing.assert_close(w, expected_w, atol=1e-12, rtol=0)
+    assert null_space_update_(g, g, p_out, p_in) is g
+    torch.testing.assert_close(g, expected, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize(("k_out", "k_in"), [(2, 3), (5, 8)])
@@ -264,3 +289,94 @@ def test_load_rejects_inconsistent_tensor_file(tmp_path):
     save_tensors(tensor_path, {**good, "count/out/b": torch.tensor(999)})
     with pytest.raises(ValueError, match="different saves"):
         SubspaceState.load(tmp_path)
+
+
+# --- FactoredGradients and RotatedHeads --------------------------------------------------------
+
+def head_and_batch(d_out: int = 6, d_in: int = 9, n: int = 5, bias: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(d_in, d_out, bias=bias)
+    return head, torch.randn(n, d_in, generator=gen(seed + 1))
+
+
+def loss_of(head: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A nonlinear loss of the outputs, so Δ is not trivial; two forward passes per step."""
+    return torch.tanh(head(x)).pow(2).sum() + head(x[:2]).sin().sum()
+
+
+@pytest.mark.parametrize(("k_out", "k_in", "bias_column", "clip"), [
+    (2, 3, False, None), (5, 7, False, 1e-3), (2, 7, True, 1e-3), (0, 9, True, None),
+    (6, 0, False, 1e-3), (6, 4, True, None)])
+def test_factored_projection_equals_dense_on_the_clipped_gradient(k_out, k_in, bias_column,
+                                                                  clip):
+    head, x = head_and_batch(bias=True)
+    d_in = x.shape[1] + bias_column
+    p_out, p_in = random_projector(6, k_out, seed=1), random_projector(d_in, k_in, seed=2)
+    p_out, p_in = p_out.to(dtype=torch.float32), p_in.to(dtype=torch.float32)
+    fg = FactoredGradients({"a": head}, bias_column=bias_column)
+    loss_of(head, x).backward()
+    if clip:  # clipping scales the gradient after the hooks saw it
+        assert torch.nn.utils.clip_grad_norm_(head.parameters(), clip) > 100 * clip
+    clipped = torch.cat([head.weight.grad, head.bias.grad[:, None]], 1)
+    g = clipped if bias_column else clipped[:, :-1]
+    expected = null_space_update(g, p_out, p_in)
+    assert fg.project_("a", p_out, p_in)
+    got = torch.cat([head.weight.grad, head.bias.grad[:, None]], 1)
+    torch.testing.assert_close(got[:, : g.shape[1]], expected, atol=1e-6, rtol=1e-5)
+    if not bias_column:  # the bias is left alone
+        assert torch.equal(got[:, -1], clipped[:, -1])
+    fg.close()
+    assert not head._forward_hooks
+
+
+def test_factored_projection_refuses_a_gradient_that_is_not_its_factors():
+    head, x = head_and_batch()
+    p_out, p_in = random_projector(6, 2, seed=1), random_projector(9, 3, seed=2)
+    fg = FactoredGradients({"a": head})
+    loss_of(head, x).backward()
+    head.weight.grad += 1e-2 * head.weight.detach()  # e.g. a penalty on the weights
+    before = head.weight.grad.clone()
+    assert not fg.project_("a", p_out.to(dtype=torch.float32), p_in.to(dtype=torch.float32))
+    assert torch.equal(head.weight.grad, before)
+    fg.clear()
+    assert not fg.project_("a", p_out.to(dtype=torch.float32), p_in.to(dtype=torch.float32))
+
+
+def test_factored_projection_refuses_an_extra_backward_term():
+    """A second loss on the head's weights (not through its outputs) breaks G = Δᵀ X."""
+    head, x = head_and_batch()
+    fg = FactoredGradients({"a": head})
+    (loss_of(head, x) + 1e-2 * head.weight.pow(2).sum()).backward()
+    p = random_projector(9, 3, seed=2).to(dtype=torch.float32)
+    assert not fg.project_("a", Projector.identity(6), p)
+
+
+@pytest.mark.parametrize(("k_out", "k_in"), [(2, 3), (6, 4), (2, 9), (4, 6)])
+def test_rotated_heads_keep_the_forward_and_freeze_exactly_the_protected_block(k_out, k_in):
+    head, x = head_and_batch()
+    w0 = head.weight.detach().clone()
+    z0 = head(x).detach()
+    p_out, p_in = random_projector(6, k_out, seed=1), random_projector(9, k_in, seed=2)
+    rot = RotatedHeads({"a": head}, {"a": (p_out, p_in)})
+    torch.testing.assert_close(head(x), z0, atol=1e-5, rtol=1e-5)  # same function
+    with torch.no_grad():
+        head.weight.add_(torch.randn(6, 9, generator=gen(5)))  # any update of W̃
+    rot.restore_()
+    rot.close()
+    assert not head._forward_hooks and not head._forward_pre_hooks
+    delta = (head.weight.detach() - w0).to(F64)
+    po, pi = p_out.matrix(), p_in.matrix()
+    assert delta.abs().max() > 0.1
+    assert (po @ delta @ pi).abs().max() < 1e-5  # the update is in the null space
+    # and nothing else was removed: the update equals its own null-space projection
+    torch.testing.assert_close(delta, delta - po @ delta @ pi, atol=1e-5, rtol=0)
+
+
+def test_rotated_heads_refuse_a_bias_and_skip_unprotected_heads():
+    head, _ = head_and_batch(bias=True)
+    with pytest.raises(ValueError, match="bias"):
+        RotatedHeads({"a": head}, {"a": (Projector.identity(6), random_projector(9, 3))})
+    free, _ = head_and_batch()
+    w = free.weight.detach().clone()
+    rot = RotatedHeads({"a": free}, {"a": (random_projector(6, 2), Projector.zero(9))})
+    assert not rot.heads and torch.equal(free.weight, w)

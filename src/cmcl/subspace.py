@@ -8,6 +8,7 @@ G - P_out G P_in. We persist covariances (not projectors) so thresholds can be s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -83,17 +84,20 @@ class Projector:
             raise ValueError(f"need square eigvecs and 0 <= rank <= d, got "
                              f"{tuple(eigvecs.shape)} and rank {rank}")
         complement = rank > d / 2
-        self._set(eigvecs[:, rank:] if complement else eigvecs[:, :rank], complement)
+        self._set(eigvecs[:, rank:] if complement else eigvecs[:, :rank], complement, eigvecs)
 
-    def _set(self, basis: torch.Tensor, complement: bool) -> None:
+    def _set(self, basis: torch.Tensor, complement: bool,
+             eigvecs: torch.Tensor | None = None) -> None:
         self.basis, self.complement = basis.contiguous(), complement
         self.dim = basis.shape[0]
         self.rank = self.dim - basis.shape[1] if complement else basis.shape[1]
+        self.eigvecs = eigvecs  # the full basis it came from, for rotated coordinates
 
     @classmethod
-    def _of(cls, basis: torch.Tensor, complement: bool) -> Projector:
+    def _of(cls, basis: torch.Tensor, complement: bool,
+            eigvecs: torch.Tensor | None = None) -> Projector:
         p = cls.__new__(cls)
-        p._set(basis, complement)
+        p._set(basis, complement, eigvecs)
         return p
 
     @classmethod
@@ -134,9 +138,45 @@ class Projector:
             raise ValueError(f"projector of dim {self.dim} cannot right-multiply {tuple(g.shape)}")
         return self.left(g.T).T
 
+    def eigenbasis(self) -> torch.Tensor:
+        """Orthonormal (d, d) basis whose first `rank` columns span the range of P.
+
+        In these coordinates P is a 0/1 diagonal, so projecting becomes slicing (RotatedHeads).
+        """
+        if self.eigvecs is not None:
+            return self.eigvecs
+        if self.basis.shape[1] == 0:  # identity or zero: every basis diagonalises it
+            return torch.eye(self.dim, dtype=self.basis.dtype, device=self.basis.device)
+        raise ValueError(f"{self!r} was built from a partial basis: no full eigenbasis kept")
+
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> Projector:
-        return Projector._of(self.basis.to(device=device, dtype=dtype), self.complement)
+        eig = None if self.eigvecs is None else self.eigvecs.to(device=device, dtype=dtype)
+        return Projector._of(self.basis.to(device=device, dtype=dtype), self.complement, eig)
+
+
+def null_space_update_(target: torch.Tensor, g: torch.Tensor, p_out: Projector,
+                       p_in: Projector, alpha: float = 1.0) -> torch.Tensor:
+    """target -= alpha · P_out g P_in, in place, without dense projectors; returns target.
+
+    `target` may be `g` itself: the correction is complete before target is written. With a
+    side stored as a basis U the correction is a product of two thin factors, added with one
+    fused addmm_ (no d×d temporaries beyond the product itself).
+    """
+    if g.ndim != 2 or g.shape != (p_out.dim, p_in.dim) or target.shape != g.shape:
+        raise ValueError(f"update of shape {tuple(g.shape)} (target {tuple(target.shape)}) "
+                         f"does not match projectors (out {p_out.dim}, in {p_in.dim})")
+    # multiply by a side stored as a basis first, so the other side acts on a thin d x k matrix
+    # instead of the full d x d update (about 1.8x faster at d = 1024)
+    k_in = None if p_in.complement else p_in.basis.shape[1]
+    k_out = None if p_out.complement else p_out.basis.shape[1]
+    if k_in is not None and (k_out is None or k_in <= k_out):
+        u = p_in.basis.to(g)
+        return target.addmm_(p_out.left(g @ u), u.T, alpha=-alpha)
+    if k_out is not None:
+        w = p_out.basis.to(g)
+        return target.addmm_(w, p_in.right(w.T @ g), alpha=-alpha)
+    return target.sub_(p_out.left(p_in.right(g)), alpha=alpha)
 
 
 def null_space_update(g: torch.Tensor, p_out: Projector, p_in: Projector) -> torch.Tensor:
@@ -144,20 +184,192 @@ def null_space_update(g: torch.Tensor, p_out: Projector, p_in: Projector) -> tor
 
     Pass Projector.identity on one side for a one-sided (GPM / Adam-NSCL style) projection.
     """
-    if g.ndim != 2 or g.shape != (p_out.dim, p_in.dim):
-        raise ValueError(f"update of shape {tuple(g.shape)} does not match projectors "
-                         f"(out {p_out.dim}, in {p_in.dim})")
-    # multiply by a side stored as a basis first, so the other side acts on a thin d x k matrix
-    # instead of the full d x d update (about 1.8x faster at d = 1024)
-    k_in = None if p_in.complement else p_in.basis.shape[1]
-    k_out = None if p_out.complement else p_out.basis.shape[1]
-    if k_in is not None and (k_out is None or k_in <= k_out):
-        u = p_in.basis.to(g)
-        return g - p_out.left(g @ u) @ u.T
-    if k_out is not None:
-        w = p_out.basis.to(g)
-        return g - w @ p_in.right(w.T @ g)
-    return g - p_out.left(p_in.right(g))
+    return null_space_update_(g.clone(), g, p_out, p_in)
+
+
+class FactoredGradients:
+    """Projects linear heads' batch gradients through their thin factors instead of d×d.
+
+    On a batch, a linear head's weight gradient is G = Δᵀ X (X: the B×d_in inputs, Δ: the
+    B×d_out gradients of the loss with respect to the head's outputs), of rank <= B. Hence
+    P_out G P_in = (P_out Δᵀ)(X P_in): O(B·d·k + B·d²) instead of O(d²·k), about 8x fewer
+    flops at d = 1024, batch 64, k = 300. Module hooks record X and Δ of every forward pass
+    with autograd on, and the raw gradient's norm when autograd accumulates it, i.e. before
+    clipping; `project_` then recovers the clipping factor c from the clipped gradient's norm
+    and subtracts c·(P_out Δᵀ)(X P_in) in place: the same result as null_space_update on the
+    clipped gradient, to float rounding.
+
+    A random probe v guards that promise: the raw gradient must satisfy G v = Δᵀ (X v) and the
+    clipped one G' v = c·G v, to 1e-3 relative; otherwise (extra loss terms on the head,
+    gradients averaged over processes after backward, a forward pass missed) `project_`
+    returns False, leaves the gradient alone, and the caller takes the dense path.
+    """
+
+    TOL = 1e-3
+
+    @staticmethod
+    def usable() -> bool:
+        """One process only: with several, DDP replaces each gradient by the average over
+        processes after backward, so the local factors no longer describe it."""
+        dist = torch.distributed
+        return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+    def __init__(self, heads: Mapping[str, torch.nn.Linear], bias_column: bool = False,
+                 seed: int = 0) -> None:
+        """`bias_column`: the bias is projected with the weights as an input fed a constant 1
+        (GPM); otherwise a bias is left alone (DNS faithful)."""
+        self.heads, self.bias_column = dict(heads), bias_column
+        gen = torch.Generator().manual_seed(seed)
+        self.probe = {m: torch.randn(h.weight.shape[1], generator=gen).to(h.weight)
+                      for m, h in self.heads.items()}
+        self._rows: dict[str, list[list[torch.Tensor | None]]] = {m: [] for m in self.heads}
+        self._raw: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+        self._handles = []
+        for m, head in self.heads.items():
+            self._handles.append(head.register_forward_hook(self._record(m)))
+            self._handles.append(head.weight.register_post_accumulate_grad_hook(
+                self._accumulated(m)))
+
+    def _record(self, m: str) -> Callable:
+        def hook(module: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            if not (torch.is_grad_enabled() and out.requires_grad):
+                return
+            row: list[torch.Tensor | None] = [inputs[0].detach(), None]
+            self._rows[m].append(row)
+            out.register_hook(lambda g: row.__setitem__(1, g.detach()))
+        return hook
+
+    def _factors(self, m: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        rows = self._rows[m]
+        if not rows or any(dz is None for _, dz in rows):
+            return None
+        return torch.cat([dz for _, dz in rows]), torch.cat([x for x, _ in rows])
+
+    def _accumulated(self, m: str) -> Callable:
+        def hook(weight: torch.Tensor) -> None:
+            f, g, v = self._factors(m), weight.grad, self.probe[m]
+            if f is None or g is None:
+                self._raw.pop(m, None)
+                return
+            dz, x = f
+            gv = g @ v
+            ok = _close(gv, dz.T @ (x @ v), self.TOL)
+            self._raw[m] = (torch.linalg.vector_norm(g), gv, ok)
+        return hook
+
+    def clear(self) -> None:
+        """Forget this step's factors (call once per optimizer step, after projecting)."""
+        for rows in self._rows.values():
+            rows.clear()
+        self._raw.clear()
+
+    def project_(self, m: str, p_out: Projector, p_in: Projector) -> bool:
+        """grad ← grad − P_out grad P_in for head m through the factors; False: not applied."""
+        head, f, raw = self.heads[m], self._factors(m), self._raw.get(m)
+        g = head.weight.grad
+        if g is None or f is None or raw is None or not raw[2]:
+            return False
+        dz, x = f
+        norm, gv, _ = raw
+        if float(norm) == 0.0:
+            return bool(float(torch.linalg.vector_norm(g)) == 0.0)
+        c = torch.linalg.vector_norm(g) / norm  # the clipping factor (1 when not clipped)
+        if not _close(g @ self.probe[m], c * gv, self.TOL):
+            return False
+        bias = head.bias if self.bias_column else None
+        if bias is not None:
+            if bias.grad is None or not _close(bias.grad, c * dz.sum(0), self.TOL):
+                return False
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
+        a, b = p_out.left(dz.T), p_in.right(x)
+        d = head.weight.shape[1]
+        g.addmm_(a, b[:, :d], alpha=-c.item())
+        if bias is not None:
+            bias.grad.addmv_(a, b[:, d], alpha=-c.item())
+        return True
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.clear()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    return bool(torch.linalg.vector_norm(a - b) <= tol * torch.linalg.vector_norm(a))
+
+
+class RotatedHeads:
+    """Linear heads trained in the eigenbases of their projectors, where projecting is slicing.
+
+    With full orthonormal eigenbases R_out, R_in (protected directions first) and
+    W = R_out W̃ R_inᵀ, the exact null-space condition U_outᵀ ΔW U_in = 0 reads: the leading
+    k_out × k_in block of W̃ never changes. So for the task's duration each head's parameter
+    holds W̃ (its optimizer steps W̃), hooks rotate the head's inputs (x ↦ x R_in) and outputs
+    (z̃ ↦ z̃ R_outᵀ), and after each optimizer step the protected block is written back: a
+    slice copy instead of an O(d²k) projection of the d×d update. The price is B·d² per rotated
+    side per batch (plus the backward through the output rotation). `close` restores W in the
+    original coordinates. The rotation preserves the forward pass and the gradient norm (so
+    clipping), but AdamW's per-coordinate scaling now acts in the rotated coordinates: a
+    different optimizer from projecting the AdamW update of W, with the same invariant.
+    Heads with a bias are refused (an augmented input column does not survive the rotation
+    as a bias); sides whose projector is the identity (all protected) or whose other side is
+    empty need no rotation.
+    """
+
+    def __init__(self, heads: Mapping[str, torch.nn.Linear],
+                 proj: Mapping[str, tuple[Projector, Projector]]) -> None:
+        self.heads: dict[str, torch.nn.Linear] = {}
+        self.rot: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self.block: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for m, (p_out, p_in) in proj.items():
+            head = heads[m]
+            if head.bias is not None:
+                raise ValueError(f"head {m!r} has a bias: rotated training supports bias-free "
+                                 "heads only (use the update placement)")
+            if p_out.rank == 0 or p_in.rank == 0:
+                continue  # nothing protected: the head trains freely
+            w = head.weight
+            rot = tuple(None if p.rank == p.dim else p.eigenbasis().to(w) for p in (p_out, p_in))
+            with torch.no_grad():
+                w.copy_(_rotate(w, *rot, inverse=False))
+            self.heads[m], self.rot[m] = head, rot
+            self.block[m] = w[: p_out.rank, : p_in.rank].detach().clone()
+            r_out, r_in = rot
+            if r_in is not None:
+                self._handles.append(head.register_forward_pre_hook(
+                    lambda _mod, inputs, r=r_in: (inputs[0] @ r, *inputs[1:])))
+            if r_out is not None:
+                self._handles.append(head.register_forward_hook(
+                    lambda _mod, _inputs, out, r=r_out: out @ r.T))
+
+    @torch.no_grad()
+    def restore_(self) -> None:
+        """Undo any change to the protected blocks (call after each optimizer step)."""
+        for m, block in self.block.items():
+            self.heads[m].weight[: block.shape[0], : block.shape[1]].copy_(block)
+
+    @torch.no_grad()
+    def close(self) -> None:
+        """Remove the hooks and put the weights back in the original coordinates."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for m, head in self.heads.items():
+            head.weight.copy_(_rotate(head.weight, *self.rot[m], inverse=True))
+        self.heads.clear()
+
+
+def _rotate(w: torch.Tensor, r_out: torch.Tensor | None, r_in: torch.Tensor | None,
+            inverse: bool) -> torch.Tensor:
+    """R_outᵀ W R_in (or R_out W R_inᵀ when inverse), in float64: rounding once per task."""
+    out = w.detach().to(torch.float64)
+    if r_out is not None:
+        out = (r_out if inverse else r_out.T).to(out) @ out
+    if r_in is not None:
+        out = out @ (r_in.T if inverse else r_in).to(out)
+    return out.to(w.dtype)
 
 
 class SubspaceState:

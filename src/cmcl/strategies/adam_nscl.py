@@ -24,6 +24,10 @@ Rule for the protected subspace (option `threshold_mode`, value `a`):
   null space shrinks to the exact-zero directions and most noise directions stay protected:
   learning on that head almost stops. Offered for fidelity, not recommended.
 - `absolute` / `energy`: the library's other modes (eigenvalue > a; kept-energy fraction a).
+Option `placement`: `update` (default, as above) or `rotated` (opt-in): train each head in the
+eigenbasis of P_in with the protected columns frozen (subspace.RotatedHeads): the same invariant
+without the O(d²k) per-step projection, but AdamW's moments live in rotated coordinates, so it
+is a different optimizer from the paper's. Bias-free heads only.
 Not reproduced: the authors divide the projection matrix by its Frobenius norm, which only
 rescales the step size by 1/sqrt(null-space dim) — a learning-rate change, left to train.lr.
 """
@@ -53,6 +57,11 @@ class AdamNSCL(InputProjection):
                 "Continual Learning. CVPR 2021")
     threshold_key = "a"
     options = {"properties": {
+        "placement": {"enum": ["update", "rotated"], "default": "update",
+                      "description": "update: project the AdamW update (the paper's); "
+                                     "rotated: AdamW in the eigenbasis of P_in with the "
+                                     "protected columns frozen (same invariant, another "
+                                     "optimizer, cheaper; bias-free heads only)"},
         "threshold_mode": {"enum": [*THRESHOLD_MODES, "min_ratio"], "default": "relative"},
         "a": {"type": "number", "minimum": 0, "default": 1e-3},
     }}
@@ -69,7 +78,7 @@ class AdamNSCL(InputProjection):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        self.placement = "update"
+        self.placement = self.opts["placement"]
         self.mode, self.a = self.opts["threshold_mode"], float(self.opts["a"])
 
     def input_projector(self, modality: str) -> Projector:

@@ -7,9 +7,20 @@ subspaces stays free.
 
 placement "exact" (default) projects the *actual* weight update after AdamW (moments, weight
 decay and clipping included) and treats a bias as an extra input column, so the invariant holds
-for the weights, not just for the gradient. placement "faithful" reproduces the authors' code:
-the clipped raw gradient is projected before AdamW, the bias is left alone, and covariances use
-one global sample count.
+for the weights, not just for the gradient. It costs O(d²k) per head and step (the update is
+dense, of full rank). placement "faithful" reproduces the authors' code: the clipped raw
+gradient is projected before AdamW, the bias is left alone, and covariances use one global
+sample count. Its gradient is Δᵀ X (rank <= batch), so it is projected through those thin
+factors (subspace.FactoredGradients, O(B·d·k + B·d²)); the result equals projecting the dense
+gradient to float rounding, and the dense path is taken whenever that cannot be vouched for
+(several processes, a probe mismatch).
+
+placement "rotated" (opt-in, not the paper's) keeps the exact invariant at a fraction of the
+cost: each head trains in the eigenbases of its projectors, W = R_out W̃ R_inᵀ, where the
+projection of the update is "leave the protected k_out × k_in block of W̃ unchanged"
+(subspace.RotatedHeads). The forward pass and clipping are unchanged, but AdamW's
+per-coordinate moments live in the rotated coordinates, so the trajectory differs from
+"exact". Bias-free heads only.
 """
 
 from __future__ import annotations
@@ -20,7 +31,14 @@ import torch
 
 from cmcl.models import MultiHead
 from cmcl.strategies import Strategy, TaskContext, register
-from cmcl.subspace import THRESHOLD_MODES, Projector, SubspaceState, null_space_update
+from cmcl.subspace import (
+    THRESHOLD_MODES,
+    FactoredGradients,
+    Projector,
+    RotatedHeads,
+    SubspaceState,
+    null_space_update_,
+)
 
 
 def _augment(x: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -34,8 +52,15 @@ class DNS(Strategy):
     citation = "Liu, Xia, Ng, Chua. Continual Multimodal Contrastive Learning. arXiv:2503.14963"
 
     options = {"properties": {
-        "placement": {"enum": ["exact", "faithful"], "default": "exact"},
-        "sides": {"enum": ["both", "input", "output"], "default": "both"},
+        "placement": {
+            "enum": ["exact", "faithful", "rotated"], "default": "exact",
+            "description": "exact: project the AdamW update of W (old similarities fixed); "
+                           "faithful: project the clipped gradient (the authors' code); "
+                           "rotated: AdamW on W in the projectors' eigenbases with the "
+                           "protected block frozen (same invariant as exact, another "
+                           "optimizer, much cheaper; bias-free heads only)"},
+        "sides": {"enum": ["both", "input", "output"], "default": "both",
+                  "description": "project on both sides (DNS) or one (ablation)"},
         "threshold_mode": {"enum": list(THRESHOLD_MODES), "default": "relative"},
         "threshold_in": {"type": "number", "minimum": 0, "default": 1e-3},
         "threshold_out": {"type": "number", "minimum": 0, "default": 1e-3},
@@ -54,11 +79,26 @@ class DNS(Strategy):
         self.faithful_counts = self.placement == "faithful" if fc is None else bool(fc)
         self.proj: dict[str, tuple[Projector, Projector]] = {}
         self.snap: dict[str, torch.Tensor] = {}
+        self.factored: FactoredGradients | None = None  # faithful: gradients through factors
+        self.rotated: RotatedHeads | None = None
+        self.paths = {"factored": 0, "dense": 0}  # faithful: projections taken by each path
+
+    def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """In-task state for preemption checkpoints: only the path counters. Projectors, hooks
+        and rotations are rebuilt by load_state + before_task (rotated weights come back with
+        the model), and the covariances change only in after_task."""
+        return {"paths": dict(self.paths)}, {}
+
+    def load_task_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.paths = dict(meta["paths"])
 
     def _bias(self, model: MultiHead) -> bool:
         return model.config()["bias"] and self.placement == "exact"
 
     def load_state(self, directory: Path | None, model: MultiHead) -> None:
+        if self.placement == "rotated" and model.config()["bias"]:
+            raise ValueError("methods.dns.placement: 'rotated' needs bias-free heads "
+                             "(model.bias is true); use 'exact'")
         aug = int(self._bias(model))
         in_dims = {m: d + aug for m, d in model.in_dims.items()}
         if directory is not None and (directory / "subspace.json").exists():
@@ -92,36 +132,66 @@ class DNS(Strategy):
                 self.proj[m] = (pr[0].to(w.device, w.dtype), pr[1].to(w.device, w.dtype))
         ctx.extra["dns_ranks"] = {m: {"out": po.rank, "in": pi.rank}
                                   for m, (po, pi) in self.proj.items()}
+        heads = {m: ctx.model.heads[m] for m in self.proj}
+        self.paths = {"factored": 0, "dense": 0}
+        if self.placement == "faithful" and heads and FactoredGradients.usable():
+            self.factored = FactoredGradients(heads, seed=ctx.step)
+        if self.placement == "rotated":
+            self.rotated = RotatedHeads(heads, self.proj)
 
     def _weight(self, head: torch.nn.Linear, aug: bool) -> torch.Tensor:
         return torch.cat([head.weight, head.bias[:, None]], 1) if aug else head.weight
 
+    @torch.no_grad()
     def before_optimizer_step(self, ctx: TaskContext) -> None:
+        if self.placement == "rotated":
+            return
         aug = self._bias(ctx.model)
         for m, (p_out, p_in) in self.proj.items():
             head = ctx.model.heads[m]
-            if self.placement == "faithful":
-                if head.weight.grad is not None:
-                    head.weight.grad.copy_(null_space_update(head.weight.grad, p_out, p_in))
-            else:
+            if self.placement == "exact":
                 self.snap[m] = self._weight(head, aug).detach().clone()
+            elif self.factored is not None and self.factored.project_(m, p_out, p_in):
+                self.paths["factored"] += 1
+            elif head.weight.grad is not None:
+                null_space_update_(head.weight.grad, head.weight.grad, p_out, p_in)
+                self.paths["dense"] += 1
+        if self.factored is not None:
+            self.factored.clear()
 
     @torch.no_grad()
     def after_optimizer_step(self, ctx: TaskContext) -> None:
-        if self.placement == "faithful":
+        if self.rotated is not None:
+            self.rotated.restore_()
+        if self.placement != "exact":
             return
         aug = self._bias(ctx.model)
         for m, (p_out, p_in) in self.proj.items():
             head = ctx.model.heads[m]
             before = self.snap[m]
-            new = before + null_space_update(self._weight(head, aug) - before, p_out, p_in)
-            head.weight.copy_(new[:, : head.weight.shape[1]])
             if aug:
+                new = self._weight(head, aug)
+                null_space_update_(new, new - before, p_out, p_in)
+                head.weight.copy_(new[:, : head.weight.shape[1]])
                 head.bias.copy_(new[:, -1])
+            else:  # W ← before + (ΔW − P_out ΔW P_in), i.e. W −= P_out ΔW P_in, in place
+                null_space_update_(head.weight, head.weight - before, p_out, p_in)
+
+    def _close(self, ctx: TaskContext) -> None:
+        """Drop the hooks; rotated weights go back to the original coordinates."""
+        if self.placement == "faithful":
+            ctx.extra["dns_gradient_paths"] = dict(self.paths)
+        if self.factored is not None:
+            self.factored.close()
+            self.factored = None
+        if self.rotated is not None:
+            self.rotated.close()
+            self.rotated = None
 
     @torch.no_grad()
     def after_task(self, ctx: TaskContext) -> None:
         """Add this task's inputs and partner embeddings to the running covariances."""
+        self._close(ctx)
         a, b = ctx.modalities
         aug = self._bias(ctx.model)
         n = len(ctx.train[a])

@@ -18,8 +18,16 @@ Choices made here, and why:
   scaling and the weight decay move weights out of the allowed subspace, so old outputs drift.
   `placement: update` projects the actual weight update after AdamW instead (like DNS exact and
   Adam-NSCL), which keeps W x_old fixed for inputs in the kept span.
+  `placement: rotated` (opt-in) keeps the update placement's invariant far more cheaply:
+  each head trains in the eigenbasis of P_in, where the projection is "leave the protected
+  columns of W̃ = W R_in unchanged" (subspace.RotatedHeads); AdamW's per-coordinate moments
+  then live in rotated coordinates, so it is another optimizer. Bias-free heads only.
 - A head's bias is treated as one more input column fed a constant 1 (its covariance row is
-  the input mean), so the bias is protected with the weights under both placements.
+  the input mean), so the bias is protected with the weights under the gradient and update
+  placements.
+- Cost: the gradient placement projects the batch gradient Δᵀ X through its thin factors
+  (subspace.FactoredGradients, equal to the dense projection to float rounding); the update
+  placement projects the dense AdamW update, O(d²k) per head and step.
 
 `InputProjection` holds the machinery shared with Adam-NSCL (cmcl.strategies.adam_nscl), which
 differs only in how the protected subspace is chosen and in always projecting the update.
@@ -33,15 +41,24 @@ import torch
 
 from cmcl.models import MultiHead
 from cmcl.strategies import Strategy, TaskContext, register
-from cmcl.subspace import THRESHOLD_MODES, Projector, SubspaceState, null_space_update, select_rank
+from cmcl.subspace import (
+    THRESHOLD_MODES,
+    FactoredGradients,
+    Projector,
+    RotatedHeads,
+    SubspaceState,
+    null_space_update_,
+    select_rank,
+)
 
 
 class InputProjection(Strategy):
     """One-sided projection ΔW ← ΔW − ΔW P_in, P_in spanning the head's past inputs.
 
-    Subclasses choose P_in (`input_projector`) and where the projection acts (`placement`).
-    The state is a SubspaceState with an empty (0-dim) output side: nothing of the partner
-    embeddings is needed, and saving empty d×d output covariances would waste disk.
+    Subclasses choose P_in (`input_projector`) and where the projection acts (`placement`:
+    gradient, update or rotated, see the module docstring). The state is a SubspaceState with
+    an empty (0-dim) output side: nothing of the partner embeddings is needed, and saving empty
+    d×d output covariances would waste disk.
     """
 
     placement: str = "update"
@@ -52,6 +69,17 @@ class InputProjection(Strategy):
         self.proj: dict[str, tuple[Projector, Projector]] = {}  # m -> (identity out, P_in)
         self.snap: dict[str, torch.Tensor] = {}
         self.state: SubspaceState | None = None
+        self.factored: FactoredGradients | None = None
+        self.rotated: RotatedHeads | None = None
+
+    def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """In-task state for preemption checkpoints: none. Projectors, hooks and rotations are
+        rebuilt by load_state + before_task (rotated weights come back with the model), and
+        the covariances change only in after_task."""
+        return {}, {}
+
+    def load_task_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Nothing to restore (see task_state)."""
 
     @classmethod
     def resolve_options(cls, given: dict, where: str | None = None) -> dict:
@@ -73,6 +101,9 @@ class InputProjection(Strategy):
         return bool(model.config()["bias"])
 
     def load_state(self, directory: Path | None, model: MultiHead) -> None:
+        if self.placement == "rotated" and self._bias(model):
+            raise ValueError(f"methods.{self.name}.placement: 'rotated' needs bias-free heads "
+                             "(model.bias is true); use 'update'")
         aug = int(self._bias(model))
         in_dims = {m: d + aug for m, d in model.in_dims.items()}
         if directory is not None and (directory / "subspace.json").exists():
@@ -102,6 +133,11 @@ class InputProjection(Strategy):
                 p_in = self.input_projector(m).to(w.device, w.dtype)
                 self.proj[m] = (Projector.identity(w.shape[0]), p_in)
         ctx.extra[f"{self.name}_ranks"] = {m: p.rank for m, (_, p) in self.proj.items()}
+        heads = {m: ctx.model.heads[m] for m in self.proj}
+        if self.placement == "gradient" and heads and FactoredGradients.usable():
+            self.factored = FactoredGradients(heads, bias_column=True, seed=ctx.step)
+        if self.placement == "rotated":
+            self.rotated = RotatedHeads(heads, self.proj)
 
     @staticmethod
     def _joined(head: torch.nn.Linear, grad: bool) -> torch.Tensor | None:
@@ -126,27 +162,47 @@ class InputProjection(Strategy):
 
     @torch.no_grad()
     def before_optimizer_step(self, ctx: TaskContext) -> None:
+        if self.placement == "rotated":
+            return
         for m, (p_out, p_in) in self.proj.items():
             head = ctx.model.heads[m]
-            if self.placement == "gradient":
+            if self.placement == "update":
+                self.snap[m] = self._joined(head, grad=False).detach().clone()
+            elif self.factored is None or not self.factored.project_(m, p_out, p_in):
                 g = self._joined(head, grad=True)
                 if g is not None:
-                    self._split_into(head, null_space_update(g, p_out, p_in), grad=True)
-            else:
-                self.snap[m] = self._joined(head, grad=False).detach().clone()
+                    self._split_into(head, null_space_update_(g, g, p_out, p_in), grad=True)
+        if self.factored is not None:
+            self.factored.clear()
 
     @torch.no_grad()
     def after_optimizer_step(self, ctx: TaskContext) -> None:
-        if self.placement == "gradient":
+        if self.rotated is not None:
+            self.rotated.restore_()
+        if self.placement != "update":
             return
         for m, (p_out, p_in) in self.proj.items():
             head, before = ctx.model.heads[m], self.snap[m]
-            delta = self._joined(head, grad=False) - before
-            self._split_into(head, before + null_space_update(delta, p_out, p_in), grad=False)
+            if head.bias is None:  # W −= P_out ΔW P_in, in place
+                null_space_update_(head.weight, head.weight - before, p_out, p_in)
+                continue
+            new = self._joined(head, grad=False)
+            self._split_into(head, null_space_update_(new, new - before, p_out, p_in),
+                             grad=False)
+
+    def _close(self) -> None:
+        """Drop the hooks; rotated weights go back to the original coordinates."""
+        if self.factored is not None:
+            self.factored.close()
+            self.factored = None
+        if self.rotated is not None:
+            self.rotated.close()
+            self.rotated = None
 
     @torch.no_grad()
     def after_task(self, ctx: TaskContext) -> None:
         """Add this task's inputs of both modalities to their running covariances."""
+        self._close()
         st = self._require_state()
         a, b = ctx.modalities
         aug = self._bias(ctx.model)
@@ -170,7 +226,12 @@ class GPM(InputProjection):
     citation = ("Saha, Garg, Roy. Gradient Projection Memory for Continual Learning. "
                 "ICLR 2021")
     options = {"properties": {
-        "placement": {"enum": ["gradient", "update"], "default": "gradient"},
+        "placement": {"enum": ["gradient", "update", "rotated"], "default": "gradient",
+                      "description": "gradient: project the clipped gradient (GPM's own); "
+                                     "update: project the AdamW update (old outputs fixed); "
+                                     "rotated: AdamW in the eigenbasis of P_in with the "
+                                     "protected columns frozen (same invariant as update, "
+                                     "another optimizer, cheaper; bias-free heads only)"},
         "threshold_mode": {"enum": list(THRESHOLD_MODES), "default": "energy"},
         "threshold": {"type": "number", "minimum": 0, "default": 0.97},
     }}
