@@ -3,12 +3,12 @@
 The fixture starts munge, MariaDB, slurmdbd, slurmctld and slurmd from Debian's packages
 (tests/slurm_cluster.py; installs them with apt-get when missing) and the workflow runs with
 `--profile pipeline/profiles/slurm`, exactly as a user would, in one copy of the project, and
-with `--cores 2` in another. Needs root (daemons, /etc/slurm/slurm.conf); skipped otherwise.
+with `--cores 2` in another; the Slurm run also runs a 2-worker Optuna sweep (two worker jobs on
+one journal). Needs root (daemons, /etc/slurm/slurm.conf); skipped otherwise.
 
-Marked slow: every job starts two snakemake processes and one `python -m cmcl` (~10 CPU-s per
-job, ~290 CPU-s for the 23 jobs, plus ~95 CPU-s for the local run) and the executor plugin polls
-at growing intervals, so on 2 cores the module takes 5-8 minutes. Run it with
-`pytest -m slow tests/test_slurm.py` (or `make test-all`).
+In CI (the default test set): every job starts two snakemake processes and one
+`python -m cmcl`, and the executor plugin polls at growing intervals, so on 2 cores the module
+takes a few minutes; the tiny matrix is kept to one method.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import slurm_cluster  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 TIMEOUT = 900  # seconds for one snakemake run; killed with SIGKILL after that
-pytestmark = pytest.mark.slow
-RULES = {"corpus", "shard", "embed", "init", "train", "evaluate", "report", "check"}
+RULES = {"corpus", "shard", "embed", "init", "train", "evaluate", "report", "check",
+         "sweep_worker", "sweep_best"}
+N_TRIALS = 4
 
 
 def env(project: Path) -> dict[str, str]:
@@ -69,8 +70,9 @@ def tiny_params() -> dict:
     p["sequences"] = {"digits": ["t1_text_image_04", "t2_text_audio"]}
     p["tasks"] = {k: v for k, v in p["tasks"].items() if k in p["sequences"]["digits"]}
     p["shard"]["max_per_class"] = 10
-    p["train"] |= {"methods": ["finetune", "dns"], "seeds": [1], "epochs": 1}
+    p["train"] |= {"methods": ["dns"], "seeds": [1], "epochs": 1}
     p["eval"] |= {"n_subsets": 2, "subset_size": 40}
+    p["sweep"] |= {"study": "slurm", "n_trials": N_TRIALS, "n_workers": 2, "n_startup_trials": 2}
     return p
 
 
@@ -113,7 +115,7 @@ def runs(cluster, tmp_path_factory):
     # it guess, fail here, and submit without -A); kept for versions that honour it.
     slurm_cmd = [f"{BIN}/snakemake", "--profile", "pipeline/profiles/slurm", "--slurm-no-account",
                  "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4",
-                 "--slurm-keep-successful-logs"]
+                 "--slurm-keep-successful-logs", "all", "sweep"]
     t0, cpu0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     slurm = start(slurm_cmd, remote)
     try:
@@ -152,8 +154,10 @@ def _seconds(t: str) -> float:
 
 
 def outputs(d: Path) -> set[str]:
+    """The pipeline's outputs (not the sweep's, which only the Slurm copy runs)."""
     return {str(f.relative_to(d)) for sub in ("data", "results/runs", "results/eval", "reports")
-            for f in (d / sub).rglob("*") if f.is_file() and f.name != ".snakemake_timestamp"}
+            for f in (d / sub).rglob("*") if f.is_file() and f.name != ".snakemake_timestamp"
+            and not str(f.relative_to(d)).startswith("reports/sweep")}
 
 
 def test_jobs_ran_through_slurm(cluster, runs):
@@ -171,7 +175,7 @@ def test_slurm_outputs_equal_local_run(runs):
     local, remote = runs["local"], runs["slurm"]
     assert outputs(local) and outputs(local) == outputs(remote)
     evals = sorted((local / "results/eval").rglob("*.parquet"))
-    assert len(evals) == 2 * 3  # 2 methods x steps 0..2
+    assert len(evals) == 3  # steps 0..2
     for f in evals:
         a = pd.read_parquet(f)
         b = pd.read_parquet(remote / f.relative_to(local))
@@ -184,7 +188,31 @@ def test_slurm_outputs_equal_local_run(runs):
         theirs = json.loads((remote / meta.relative_to(local)).read_text()).get("log", {})
         assert ours.get("final_digest") == theirs.get("final_digest"), meta
         digests += ours.get("final_digest") is not None
-    assert digests == 2 * 3  # every step's weights (init and trained) are bit-identical
+    assert digests == 3  # every step's weights (init and trained) are bit-identical
     m_local = json.loads((local / "reports/metrics.json").read_text())
     m_slurm = json.loads((remote / "reports/metrics.json").read_text())
     assert m_local.keys() == m_slurm.keys()
+
+
+def test_two_sweep_workers_ran_as_slurm_jobs_on_one_journal(cluster, runs):
+    """N worker jobs = N cluster jobs sharing one Optuna journal: exactly n_trials, no
+    duplicate trial numbers, and best.yaml exported."""
+    import optuna
+
+    from cmcl.config import load
+    from cmcl.sweep import open_study
+
+    jobs = cluster.sacct("JobID", "Comment", "State", workdir=runs["slurm"])
+    workers = [j for j in jobs if j["Comment"].startswith("rule_sweep_worker")]
+    assert len(workers) == 2 and {j["State"] for j in workers} == {"COMPLETED"}, jobs
+    remote = runs["slurm"]
+    params = load(remote / "params.yaml", remote / "pipeline/schemas/params.schema.yaml")
+    trials = open_study(params, remote / "results/sweep/slurm/journal.log").get_trials()
+    assert sorted(t.number for t in trials) == list(range(N_TRIALS))
+    assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE,
+                                         optuna.trial.TrialState.PRUNED}
+    per_worker = [json.loads((remote / f"results/sweep/slurm/worker{i}.json").read_text())
+                  for i in range(2)]
+    assert sum(len(w["trials"]) for w in per_worker) == N_TRIALS
+    best = yaml.safe_load((remote / "reports/sweep/slurm/best.yaml").read_text())
+    assert "threshold_in" in best["methods"]["dns"]
