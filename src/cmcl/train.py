@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -161,6 +161,10 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     params += extra_params
     opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
     wrapped, opt, *loaders = acc.prepare(model, opt, *loaders)
+    if acc.scaler is None and acc.distributed_type != DistributedType.XLA:
+        # the wrapper only adds loss scaling and XLA syncing, yet looks up an optional package
+        # and a signature on every call (0.3 ms a step): step the torch optimizer it wraps
+        opt = opt.optimizer
     lc = resolve(cfg.get("loss", {}))
 
     def loss_fn(batch: dict) -> torch.Tensor:
