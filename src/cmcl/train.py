@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +22,15 @@ from tqdm import tqdm
 from cmcl.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
+from cmcl.resume import (
+    Resume,
+    find_checkpoint,
+    fingerprint,
+    load_checkpoint,
+    resume_dir,
+    save_checkpoint,
+    say,
+)
 from cmcl.shards import read_features
 from cmcl.strategies import Strategy, TaskContext, get_strategy
 
@@ -136,11 +146,14 @@ def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: 
 
 
 def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple],
-              step: int, seed: int, acc: Accelerator | None = None) -> tuple[MultiHead, dict]:
+              step: int, seed: int, acc: Accelerator | None = None,
+              resume: Resume | None = None) -> tuple[MultiHead, dict]:
     """Train on one or more (task, xa, xb, labels) parts; several parts = joint training.
 
     Every batch comes from one task (its own modality pair); with several parts the batches of
     all tasks are interleaved in a seeded random order, so joint training sees the union.
+    With `resume`, a checkpoint is saved every `resume.every` optimizer steps and training
+    continues from the newest matching one (cmcl.resume).
     """
     tc = cfg["train"]
     acc = acc or make_accelerator(tc)
@@ -178,17 +191,30 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         return loss if extra is None else loss + extra
 
     name = "+".join(c.task for c in ctxs)
+    at = {"epoch": 0, "done": 0, "global_step": 0, "losses": [], "total": 0.0, "n": 0,
+          "seconds": 0.0}  # where the loop is: what a checkpoint records
+    ckpt = resume and find_checkpoint(resume.root, resume.fingerprint, acc.num_processes)
+    if ckpt:
+        at, epoch_gen = load_checkpoint(acc, ckpt, strategy)
+        gen.set_state(epoch_gen)  # the shuffling of the saved epoch is replayed up to `done`
+        say(f"step {step}: resuming from {ckpt} (epoch {at['epoch']}, batch {at['done']})")
+    steps_per_epoch = sum(len(ld) for ld in loaders)
+    losses, t0 = at["losses"], time.time() - at["seconds"]  # `losses` is at["losses"]
     wrapped.train()
-    losses, t0 = [], time.time()
-    for epoch in tqdm(range(tc["epochs"]), desc=f"step {step} {name} [{strategy.name}]",
+    for epoch in tqdm(range(at["epoch"], tc["epochs"]), initial=at["epoch"], total=tc["epochs"],
+                      desc=f"step {step} {name} [{strategy.name}]",
                       disable=not acc.is_local_main_process):
+        epoch_gen = gen.get_state()
         order = [i for i, ld in enumerate(loaders) for _ in range(len(ld))]
         order = [order[j] for j in torch.randperm(len(order), generator=gen)] if len(parts) > 1 \
             else order
         iters = [iter(ld) for ld in loaders]
-        total, n = 0.0, 0
-        for i in order:
+        skip = at["done"] if epoch == at["epoch"] else 0  # batches trained before a checkpoint
+        total, n = (at["total"], at["n"]) if skip else (0.0, 0)
+        for done, i in enumerate(order, 1):
             xa_b, xb_b, y_b = next(iters[i])
+            if done <= skip:
+                continue
             ctx = ctxs[i]
             ctx.loss_fn, ctx.epoch = loss_fn, epoch
             ctx.batch = {ctx.modalities[0]: xa_b, ctx.modalities[1]: xb_b, "labels": y_b}
@@ -210,6 +236,11 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
             opt.zero_grad(set_to_none=True)
             lv = loss.item() / acc.num_processes  # the global-batch loss, as logged by 1 process
             total, n = total + lv * len(xa_b), n + len(xa_b)
+            at["global_step"] += 1
+            if resume and resume.due(at["global_step"], tc["epochs"] * steps_per_epoch):
+                at |= {"epoch": epoch, "done": done, "total": total, "n": n,
+                       "seconds": time.time() - t0, "fingerprint": resume.fingerprint}
+                save_checkpoint(acc, resume.root, strategy, at, epoch_gen)
         losses.append(total / max(n, 1))
     wrapped.eval()
     for ctx in ctxs:
@@ -258,7 +289,11 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
         a, b = spec["modalities"]
         parts.append((spec, torch.from_numpy(data[a]), torch.from_numpy(data[b]),
                       torch.from_numpy(data["labels"])))
-    raw, log = fit_tasks(model, strategy, cfg, parts, step, seed, acc)
+    every = int(tc.get("checkpoint_every") or 0)
+    resume = Resume(resume_dir(out_dir), fingerprint(
+        cfg, method, seed, step, start_digest, prev_state, [t for p in parts for t in p[1:]],
+        acc.num_processes), every) if every else None
+    raw, log = fit_tasks(model, strategy, cfg, parts, step, seed, acc, resume)
     log |= {"start_digest": start_digest, "final_digest": weights_digest(raw)}
     if not all(math.isfinite(v) for v in log["epoch_loss"]):
         raise FloatingPointError(f"step {step}: non-finite training loss {log['epoch_loss']}")
@@ -273,5 +308,6 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
                 "method": method, "seed": seed, "options": strategy.opts,
                 "tasks_seen": [*prev_meta.get("tasks_seen", []), *(t["name"] for t in specs)],
                 "log": log})
+        shutil.rmtree(resume_dir(out_dir), ignore_errors=True)  # the step is complete
     acc.wait_for_everyone()
     return log
