@@ -272,6 +272,23 @@ def test_vggsound_video_audio_text(tmp_path):
     assert sf.info(io.BytesIO(native["yt_4-x_000040"].data["audio"][1])).samplerate == 8000
 
 
+def test_vggsound_sharding_in_workers_reads_one_split_and_keeps_the_bytes(tmp_path):
+    root = make_vggsound(tmp_path / "vgg")
+    (root / "video/yt_0-x_000000.mp4").write_bytes(b"not a video")  # a train clip
+    task = {"name": "va", "corpus": "vgg", "modalities": ["video", "audio"]}
+    corp = {"path": str(root), "adapter": "vggsound"}
+    for w in (1, 2):  # the test split never decodes the broken train clip
+        assert shard_task(task, corp, "test", tmp_path / f"w{w}", workers=w) == 2
+    for f in sorted((tmp_path / "w1").iterdir()):
+        assert f.read_bytes() == (tmp_path / "w2" / f.name).read_bytes(), f.name
+    with pytest.raises(ValueError, match=r"sample 'yt_0-x_000000': video file .* unreadable"):
+        shard_task(task, corp, "train", tmp_path / "t", workers=2)
+    skip = {**corp, "options": {"on_error": "skip"}}
+    assert shard_task(task, skip, "train", tmp_path / "t", workers=2) == 3
+    rejected = (tmp_path / "t/rejected.jsonl").read_text().splitlines()
+    assert [json.loads(r)["id"] for r in rejected] == ["yt_0-x_000000"]
+
+
 def test_vggsound_s_subset_is_seeded(tmp_path):
     root = make_vggsound(tmp_path / "vgg")
     info, got = rows("vggsound", root, classes=["dog barking", "rain"], verify=False)

@@ -65,16 +65,16 @@ def read_h5(h5_path: str | Path) -> Iterator[tuple[str, Any]]:
 def check_row(where: str, sid: str, x: Any, n_rows: int) -> np.ndarray:
     """float32 [n_rows, d], or a SampleError naming the file and the sample."""
     if x is None:
-        raise SampleError(f"{where}: sample '{sid}': an HDF5 group, not an array")
+        raise SampleError(f"{where}: sample '{sid}': an HDF5 group, not an array", sid)
     try:
         x = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as e:
-        raise SampleError(f"{where}: sample '{sid}': not a numeric array ({e})") from None
+        raise SampleError(f"{where}: sample '{sid}': not a numeric array ({e})", sid) from None
     if x.ndim != 2 or x.shape[0] != n_rows:
         raise SampleError(f"{where}: sample '{sid}': expected [{n_rows}, d] (one row per "
-                          f"declared modality), got {list(x.shape)}")
+                          f"declared modality), got {list(x.shape)}", sid)
     if not np.isfinite(x).all():
-        raise SampleError(f"{where}: sample '{sid}': non-finite feature values")
+        raise SampleError(f"{where}: sample '{sid}': non-finite feature values", sid)
     return x
 
 
@@ -145,9 +145,9 @@ def _labeler(where: str, classes: list[str], labels: Mapping[str, str] | None,
             name = labels.get(sid)
         if name is None:
             raise SampleError(f"{where}: sample '{sid}': no label (not in the labels file / "
-                              "label_regex does not match)")
+                              "label_regex does not match)", sid)
         if name not in index:
-            raise SampleError(f"{where}: sample '{sid}': label {name!r} not in the class list")
+            raise SampleError(f"{where}: sample '{sid}': label {name!r} not in the class list", sid)
         return index[name]
 
     return label

@@ -30,7 +30,12 @@ COMMON = {"verify": True, "on_error": "raise"}
 
 
 class SampleError(ValueError):
-    """One bad sample: the only error `on_error: skip` may swallow."""
+    """One bad sample: the only error `on_error: skip` may swallow; `sample_id` names it in
+    rejected.jsonl."""
+
+    def __init__(self, message: str, sample_id: str | None = None) -> None:
+        super().__init__(message)
+        self.sample_id = sample_id
 
 
 class MissingFile(SampleError, FileNotFoundError):
@@ -89,7 +94,7 @@ class Reader:
         self._inside = Inside(root)
 
     def error(self, sid: str, msg: str) -> SampleError:
-        return SampleError(f"corpus '{self.corpus}': sample '{sid}': {msg}")
+        return SampleError(f"corpus '{self.corpus}': sample '{sid}': {msg}", sid)
 
     def path(self, sid: str, modality: str, rel: str | Path) -> Path:
         file = self.root / rel
@@ -104,7 +109,7 @@ class Reader:
             data = file.read_bytes()
         except FileNotFoundError:
             raise MissingFile(f"corpus '{self.corpus}': sample '{sid}': {modality} file {file} "
-                              "does not exist") from None
+                              "does not exist", sid) from None
         except OSError as e:
             raise self.error(sid, f"{modality} file {file} is unreadable ({e})") from None
         ext = file.suffix.lstrip(".").lower() or "bin"
