@@ -246,3 +246,49 @@ def test_streamed_embedding_does_not_depend_on_batch_size(corpus, tmp_path):
     raw = list(iter_samples(tmp_path / "s"))
     want = get_encoder("pixels").encode([s["image.png"] for s in raw], ["x"] * len(raw))
     np.testing.assert_array_equal(read_features(tmp_path / "f3")["image"], want)
+
+
+@pytest.mark.parametrize("fmt", ["GNU_FORMAT", "USTAR_FORMAT", "PAX_FORMAT"])
+def test_tars_from_other_writers_are_read(tmp_path, fmt):
+    """Long names come as GNU 'L' records, ustar prefixes or PAX headers: all are read."""
+    import io
+    import tarfile
+
+    long = "d" * 60 + "/" + "k" * 70
+    with tarfile.open(tmp_path / "000000.tar", "w", format=getattr(tarfile, fmt)) as tar:
+        for name, data in ((f"{long}.x.txt", b"one"), (f"{long}.cls", b"2"), ("s2.x.txt", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "sizes.json").write_text('{"000000.tar": 2}')
+    got = list(iter_samples(tmp_path))
+    assert [(s["__key__"], s.get("x.txt")) for s in got] == [(long, b"one"), ("s2", b"")]
+    assert got[0]["cls"] == b"2"
+
+
+def test_corrupt_or_truncated_tars_are_named(tmp_path):
+    from cmcl.shards import npy_bytes, write_shards
+
+    d = tmp_path / "f"
+    d.mkdir()
+    write_shards(d, [{"__key__": f"k{i}", "image.npy": npy_bytes(np.zeros(3, np.float32))}
+                     for i in range(3)], 10)
+    (d / "meta.json").write_text(json.dumps({"modalities": ["image"]}))
+    tar = d / "000000.tar"
+    raw = bytearray(tar.read_bytes())
+    assert read_features(d)["image"].shape == (3, 3)
+    second = raw.index(b"k1.image.npy")
+    tar.write_bytes(bytes(raw[:second + 130]))  # cut inside the second member's header
+    with pytest.raises(ValueError, match=rf"000000\.tar: truncated tar \(the header at byte "
+                                         rf"{second} is cut short\)"):
+        read_features(d)
+    raw[second + 125] = ord("7")  # the size field of k1's header: checksum no longer matches
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"000000\.tar: corrupt tar header at byte {second}"):
+        read_features(d)
+    tar.write_bytes(bytes(raw[:second]) + raw[second:second + 512] + b"\0" * 10)
+    raw = bytearray(tar.read_bytes())
+    raw[second + 125] = ord("0")  # restore the header: now its data runs past the end
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"000000\.tar: truncated tar"):
+        read_features(d)

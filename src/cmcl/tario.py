@@ -167,6 +167,8 @@ def members(buf, where: str, start: int = 0, end: int | None = None
             name = long_name or _name(hdr)
             long_name = None
             yield name, data, size
+    if pos < end:
+        raise ValueError(f"{where}: truncated tar (the header at byte {pos} is cut short)")
 
 
 def _name(hdr: bytes) -> str:
