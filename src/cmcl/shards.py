@@ -155,7 +155,10 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
     """Shard one task split from its corpus; an empty split is an error, not an empty file.
 
     `workers` > 1 reads and decodes samples in that many processes; the output is the same
-    bytes for any `workers` (samples keep the corpus order). Only the requested split is read.
+    bytes for any `workers` (samples keep the corpus order). It pays off for decoding adapters
+    (VGGSound: audio tracks decoded and resampled), not for already-encoded files, where
+    shipping the bytes between processes costs more than reading them (benchmarks/bench_io.py).
+    Only the requested split is read.
     """
     info, samples = open_corpus(task["corpus"], corpus["path"], corpus.get("adapter", "generic"),
                                 corpus.get("options"))
