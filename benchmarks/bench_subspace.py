@@ -1,9 +1,12 @@
 """Cost of the subspace methods (DNS, GPM, Adam-NSCL) at ImageBind scale, with the real code.
 
 (a) ms per optimizer step inside the real `cmcl.train.fit_task` loop (AdamW, clipping, batch
-    64, one modality pair, d_in = d_out = 1024) for fine-tuning, DNS exact/faithful, GPM
-    (both placements), Adam-NSCL, the DNS authors' dense formulation (P_out G P_in with dense
-    d×d projectors: four d³ products per step) and prototypes of cheaper projections.
+    64, one modality pair, d_in = d_out = 1024) for fine-tuning, DNS exact/faithful/rotated,
+    GPM (gradient, update, rotated), Adam-NSCL (update, rotated) and the DNS authors' dense
+    formulation (P_out G P_in with dense d×d projectors: four d³ products per step).
+    Faithful DNS and GPM's gradient placement run their factored path (the batch gradient
+    Δᵀ X projected through its B×d factors); exact DNS, GPM update and Adam-NSCL project the
+    dense AdamW update, O(d²k); the rotated placements train in the projectors' eigenbases.
     Per-step time = interval between successive `after_optimizer_step` calls, so it covers
     data, forward, backward, clipping, hooks and AdamW. The past is synthetic: covariances of
     rank 300 and 700 of 1024, so both the basis and the complement paths of Projector run.
@@ -16,9 +19,12 @@
 
     python benchmarks/bench_subspace.py --device cpu --out benchmarks/results/subspace.json
 
-The stored results/subspace.json was made with `--threads 1 --clock cpu` on a 2-core machine
-shared with other jobs (its `argv` and `env` record this); there, two intra-op threads spent
-most of their time waiting and wall-clock medians moved by 2x from run to run.
+The stored results/subspace.json was made with `--threads 1 --clock cpu --rounds 5` on a
+2-core machine shared with other jobs (its `argv` and `env` record this); there, two intra-op
+threads spent most of their time waiting and wall-clock medians moved by 2x from run to run.
+Even CPU time is not immune: a neighbour's memory traffic slows the AdamW-bound fine-tuning
+step (the anchor) by up to 1.5x for a while, so the p10 ratios and the per-round ratios are
+reported beside the medians.
 """
 
 from __future__ import annotations
@@ -40,7 +46,13 @@ from cmcl.io import write_json
 from cmcl.models import MultiHead
 from cmcl.strategies import Strategy, TaskContext, get_strategy
 from cmcl.strategies.dns import DNS
-from cmcl.subspace import Projector, RunningCovariance, SubspaceState, null_space_update
+from cmcl.subspace import (
+    Projector,
+    RunningCovariance,
+    SubspaceState,
+    null_space_update,
+    null_space_update_,
+)
 from cmcl.train import fit_task
 
 D, BATCH, N_OLD = 1024, 64, 100_000
@@ -55,8 +67,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (method or prototype, optio
     "gpm_gradient": ("gpm", {"placement": "gradient", **REL, "threshold": 1e-3}),
     "gpm_update": ("gpm", {"placement": "update", **REL, "threshold": 1e-3}),
     "adam_nscl": ("adam_nscl", {}),
+    "dns_rotated": ("dns", {"placement": "rotated", **REL}),
+    "gpm_rotated": ("gpm", {"placement": "rotated", **REL, "threshold": 1e-3}),
+    "adam_nscl_rotated": ("adam_nscl", {"placement": "rotated"}),
     "dense_authors": ("dense", {"placement": "faithful", **REL}),
-    "dns_exact_core_order": ("core_order", {"placement": "exact", **REL}),
 }
 
 
@@ -74,33 +88,6 @@ def device_name(device: torch.device) -> str:
                     if ln.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         return platform.processor() or platform.machine()
-
-
-def core_order_update(g: torch.Tensor, p_out: Projector, p_in: Projector) -> torch.Tensor:
-    """g − P_out g P_in, contracting first with a side stored as a basis U (P = U Uᵀ; the
-    thinner one if both are), so the other side acts on a d×k matrix instead of a d×d one:
-    O(d²k + d·k·k') instead of O(d²(k_in' + k_out')), k' = stored basis width."""
-    k_in = None if p_in.complement else p_in.basis.shape[1]
-    k_out = None if p_out.complement else p_out.basis.shape[1]
-    if k_in is None and k_out is None:
-        return null_space_update(g, p_out, p_in)
-    if k_out is None or (k_in is not None and k_in <= k_out):
-        u = p_in.basis.to(g)
-        return g - p_out.left(g @ u) @ u.T
-    w = p_out.basis.to(g)
-    return g - w @ p_in.right(w.T @ g)
-
-
-class CoreOrderDNS(DNS):
-    """Prototype: DNS exact with `core_order_update` in place of `null_space_update` (no bias:
-    the benchmark's heads have none)."""
-
-    @torch.no_grad()
-    def after_optimizer_step(self, ctx: TaskContext) -> None:
-        for m, (p_out, p_in) in self.proj.items():
-            w = ctx.model.heads[m].weight
-            before = self.snap[m]
-            w.copy_(before + core_order_update(w - before, p_out, p_in))
 
 
 class DenseDNS(DNS):
@@ -138,9 +125,8 @@ def past_state() -> SubspaceState:
 
 
 def make_strategy(kind: str, opts: dict, state: SubspaceState) -> Strategy:
-    cfg = {"methods": {"dns" if kind in ("dense", "core_order") else kind: opts}}
-    proto = {"dense": DenseDNS, "core_order": CoreOrderDNS}.get(kind)
-    strat = proto(cfg) if proto else get_strategy(kind, cfg)
+    cfg = {"methods": {"dns" if kind == "dense" else kind: opts}}
+    strat = DenseDNS(cfg) if kind == "dense" else get_strategy(kind, cfg)
     if kind != "finetune":
         strat.state = state
     return strat
@@ -195,6 +181,10 @@ def run_variant(kind: str, opts: dict, state: SubspaceState, device: torch.devic
 def part_a(state: SubspaceState, device: torch.device, steps: int, warmup: int,
            rounds: int) -> dict:
     raw: dict[str, list[dict]] = {k: [] for k in VARIANTS}
+    # a discarded run first: the process's one-time costs (the allocator growing its heap
+    # instead of mapping fresh pages for every 4 MB tensor, lazy inits) made whichever variant
+    # ran first up to 1.4x slower
+    run_variant("finetune", {}, state, device, 5, warmup)
     for r in range(rounds):  # interleaved rounds spread a shared machine's load over variants
         for name, (kind, opts) in VARIANTS.items():
             raw[name].append(run_variant(kind, opts, state, device, steps, warmup))
@@ -216,6 +206,11 @@ def part_a(state: SubspaceState, device: torch.device, steps: int, warmup: int,
         base = out["finetune"][f"{stat}_ms"]
         for v in out.values():
             v[f"ratio_{stat}_vs_finetune"] = v[f"{stat}_ms"] / base
+    # and per round: a neighbour's memory traffic slows the AdamW-bound fine-tuning step by up
+    # to 1.5x for minutes, so a ratio within one round compares like with like
+    for v in out.values():
+        v["round_ratios_vs_finetune"] = [a / b for a, b in zip(
+            v["round_medians_ms"], out["finetune"]["round_medians_ms"], strict=True)]
     return out
 
 
@@ -233,18 +228,17 @@ def timeit(fn: Callable[[], object], device: torch.device, reps: int) -> float:
 
 
 def profile_head(p_out: Projector, p_in: Projector, device: torch.device, reps: int) -> dict:
-    """ms of each piece of one head's DNS-exact hook work, and of the prototypes."""
+    """ms of each piece of one head's hook work per step, for each placement."""
     g = torch.Generator().manual_seed(2)
     w = torch.randn(D, D, generator=g).to(device)
     before = w.clone()
     delta = 1e-3 * torch.randn(D, D, generator=g).to(device)
     dd, xx = (torch.randn(BATCH, D, generator=g).to(device) for _ in range(2))
     grad = dd.T @ xx  # a batch gradient is D_zᵀ X: rank <= batch
-    ref = null_space_update(delta, p_out, p_in)
-    assert torch.allclose(core_order_update(delta, p_out, p_in), ref, atol=1e-6)
     low = grad - p_out.left(dd.T) @ p_in.right(xx)
     assert torch.allclose(low, null_space_update(grad, p_out, p_in), rtol=1e-4, atol=1e-4)
     po_d, pi_d = p_out.matrix(), p_in.matrix()
+    rot = p_in.eigenbasis().to(w)
     cases = {
         "snapshot_clone": lambda: w.detach().clone(),
         "delta_and_writeback": lambda: w.copy_(before + (w - before)),
@@ -252,17 +246,21 @@ def profile_head(p_out: Projector, p_in: Projector, device: torch.device, reps: 
         "right_P_in": lambda: p_in.right(delta),
         "left_P_out": lambda: p_out.left(delta),
         "null_space_update": lambda: null_space_update(delta, p_out, p_in),
-        "core_order_update": lambda: core_order_update(delta, p_out, p_in),
+        "exact_in_place_W_minus_P_out_dW_P_in": lambda: null_space_update_(w, w - before,
+                                                                           p_out, p_in),
         "dense_authors_P_out_G_P_in": lambda: grad - po_d @ grad @ pi_d,
-        "faithful_lowrank_grad_DtX": lambda: grad - p_out.left(dd.T) @ p_in.right(xx),
+        "factored_grad_P_out_DtX_P_in": lambda: grad.addmm_(p_out.left(dd.T), p_in.right(xx),
+                                                            alpha=-1e-9),
+        "rotate_batch_X_R": lambda: xx @ rot,
+        "batch_wgrad_DtX": lambda: dd.T @ xx,
     }
     return {"ranks": {"out": p_out.rank, "in": p_in.rank, "stored_out": p_out.basis.shape[1],
                       "stored_in": p_in.basis.shape[1]},
             "ms": {k: timeit(fn, device, reps) for k, fn in cases.items()}}
 
 
-def profile_exact(state: SubspaceState, device: torch.device, reps: int) -> dict:
-    """Where DNS exact's per-step hook time goes, per head, and what the prototypes save."""
+def profile_heads(state: SubspaceState, device: torch.device, reps: int) -> dict:
+    """Where a step's projection time goes, per head and placement."""
     dns = DNS({"methods": {"dns": REL}})
     dns.state = state
     return {m: profile_head(*(p.to(device, torch.float32) for p in dns.projectors(m)), device,
@@ -347,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     print("(a) step time at d=1024", flush=True)
     state = past_state()
     step = part_a(state, device, args.steps, args.warmup, args.rounds)
-    print("profile of DNS exact", flush=True)
-    prof = profile_exact(state, device, args.profile_reps)
+    print("profile of the projections per head", flush=True)
+    prof = profile_heads(state, device, args.profile_reps)
     print("(b) covariance update + eigh", flush=True)
     rows = part_b(args.dims, args.samples, 1024, args.scaling_repeats)
     png = args.out.parent / "subspace_scaling.png"
@@ -362,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
                    " DNS set to it so every method projects the same ranks)",
                    "variants": {k: {"method": v[0], "options": v[1]} for k, v in VARIANTS.items()},
                    "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds},
-        "step_time": step, "profile_dns_exact_per_head": prof,
+        "step_time": step, "profile_per_head": prof,
         "scaling": rows, "scaling_plot": png.name,
         "total_seconds": round(time.perf_counter() - t0, 1)})
     print(f"{'variant':22s} {'median ms':>9s} {'p10 ms':>7s} {'hooks ms':>8s} {'x ft med':>8s} "
