@@ -5,7 +5,8 @@ uninterrupted run ends with, bit for bit. A checkpoint lives beside the step fol
 `<out>.resume/ckpt-<optimizer step>/` (so the step folder still appears only when complete):
 
     accelerate/     acc.save_state: model (safetensors), optimizer and RNG states
-    strategy.*      the method's in-task state (task_state, below), safetensors + JSON
+    strategy_<rank>.*  the method's in-task state (task_state, below), safetensors + JSON;
+                    one per process, as each holds its own replay buffer, generators, ...
     loop.*          where the loop was: epoch, batches done in it, losses so far, and the
                     shuffling generator's state at the start of that epoch
 
@@ -196,20 +197,21 @@ def save_checkpoint(acc: Any, root: Path, strategy: Any, loop: dict,
                     epoch_gen: torch.Tensor) -> None:
     """Write `root/ckpt-<step>` (all processes call this), then drop older checkpoints.
 
-    Every process writes into the same `partial` folder (Accelerate saves one RNG file per
-    rank); the main process renames it only when all have finished, so a kill at any moment
-    leaves the previous checkpoint or the new one, never a half one under a ckpt- name.
+    Every process writes into the same `partial` folder (its RNG and strategy files); the main
+    process renames it only when all have finished, so a kill at any moment leaves the
+    previous checkpoint or the new one, never a half one under a ckpt- name.
     """
-    partial = root / "partial"
+    partial, rank = root / "partial", acc.process_index
     if acc.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     acc.wait_for_everyone()
     acc.save_state(str(partial / "accelerate"))
+    meta, tensors = strategy_state(strategy)
+    save_tensors(partial / f"strategy_{rank}.safetensors", tensors)
+    write_json(partial / f"strategy_{rank}.json", {"state": meta})
+    acc.wait_for_everyone()
     if acc.is_main_process:
-        meta, tensors = strategy_state(strategy)
-        save_tensors(partial / "strategy.safetensors", tensors)
-        write_json(partial / "strategy.json", {"state": meta})
         save_tensors(partial / "loop.safetensors", {"epoch_generator": epoch_gen})
         write_json(partial / "loop.json", loop)  # last: its presence marks a full checkpoint
     acc.wait_for_everyone()
@@ -237,9 +239,13 @@ def find_checkpoint(root: Path, fp: str, processes: int) -> Path | None:
         acc_dir = ckpt / "accelerate"
         expected = {*ACCELERATE_FILES, *(f"random_states_{r}.pkl" for r in range(processes))}
         found = {f.name for f in acc_dir.iterdir()} if acc_dir.is_dir() else set()
-        if found != expected:
+        if found != expected:  # in particular no custom_checkpoint_*.pkl: never unpickled
             say(f"ignoring checkpoint {ckpt}: accelerate/ holds {sorted(found)}, expected "
                 f"{sorted(expected)}")
+            continue
+        lost = [r for r in range(processes) if not (ckpt / f"strategy_{r}.json").is_file()]
+        if lost:
+            say(f"ignoring checkpoint {ckpt}: no strategy state of process(es) {lost}")
             continue
         return ckpt
     return None
@@ -255,7 +261,8 @@ def load_checkpoint(acc: Any, ckpt: Path, strategy: Any) -> tuple[dict, torch.Te
     if getattr(acc, "_custom_objects", None):
         raise RuntimeError("resume: objects registered for checkpointing would be unpickled")
     acc.load_state(str(ckpt / "accelerate"), load_kwargs={"weights_only": True})
-    meta = read_json(ckpt / "strategy.json")["state"]
-    load_strategy_state(strategy, meta, load_tensors(ckpt / "strategy.safetensors"))
+    rank = acc.process_index
+    meta = read_json(ckpt / f"strategy_{rank}.json")["state"]
+    load_strategy_state(strategy, meta, load_tensors(ckpt / f"strategy_{rank}.safetensors"))
     loop = read_json(ckpt / "loop.json")
     return loop, load_tensors(ckpt / "loop.safetensors")["epoch_generator"]
