@@ -380,3 +380,21 @@ def test_rotated_heads_refuse_a_bias_and_skip_unprotected_heads():
     w = free.weight.detach().clone()
     rot = RotatedHeads({"a": free}, {"a": (random_projector(6, 2), Projector.zero(9))})
     assert not rot.heads and torch.equal(free.weight, w)
+
+
+@pytest.mark.parametrize(("k_a", "k_b"), [(2, 3), (6, 3), (2, 6), (6, 6)])
+def test_rotated_pair_frame_keeps_inner_products_and_norms(k_a, k_b):
+    """Without output rotations back, a's and b's embeddings land in one orthogonal frame."""
+    (ha, xa), (hb, xb) = head_and_batch(seed=0), head_and_batch(seed=3)
+    za, zb = ha(xa).detach(), hb(xb).detach()
+    ref, norms = za @ zb.T, zb.norm(dim=1)
+    proj = {"a": (random_projector(6, k_a, seed=1), random_projector(9, 4, seed=2)),
+            "b": (random_projector(6, k_b, seed=4), random_projector(9, 5, seed=5))}
+    rot = RotatedHeads({"a": ha, "b": hb}, proj, pair=("a", "b"))
+    assert not ha._forward_hooks and not hb._forward_hooks  # outputs stay rotated
+    ea, eb = rot.to_frame("a", ha(xa)), rot.to_frame("b", hb(xb))
+    torch.testing.assert_close(ea @ eb.T, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eb.norm(dim=1), norms, atol=1e-5, rtol=1e-5)
+    # a's frame is its rotated output basis (the original one when its output side is whole)
+    assert torch.allclose(ea, za, atol=1e-5) == (k_a == 6)
+    rot.close()

@@ -137,7 +137,13 @@ class DNS(Strategy):
         if self.placement == "faithful" and heads and FactoredGradients.usable():
             self.factored = FactoredGradients(heads, seed=ctx.step)
         if self.placement == "rotated":
-            self.rotated = RotatedHeads(heads, self.proj)
+            self.rotated = RotatedHeads(heads, self.proj, pair=ctx.modalities)
+
+    def embed(self, model: torch.nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """While training rotated, the pair's embeddings in one common orthogonal frame: the
+        contrastive loss sees only their inner products and norms (RotatedHeads `pair`)."""
+        z = model(modality, x)
+        return z if self.rotated is None else self.rotated.to_frame(modality, z)
 
     def _weight(self, head: torch.nn.Linear, aug: bool) -> torch.Tensor:
         return torch.cat([head.weight, head.bias[:, None]], 1) if aug else head.weight
