@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
@@ -286,6 +287,10 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
         for m in spec["modalities"]:
             if m not in model.in_dims:
                 raise ValueError(f"{d}: modality '{m}' has no head in {prev_dir}")
+            bad = ~np.isfinite(data[m]).all(axis=1)  # else: a NaN loss, blamed on the lr
+            if bad.any():
+                raise ValueError(f"{d}: '{m}' features of sample '{data['keys'][bad.argmax()]}'"
+                                 f" are NaN or infinite ({bad.sum()} sample(s) in all)")
         a, b = spec["modalities"]
         parts.append((spec, torch.from_numpy(data[a]), torch.from_numpy(data[b]),
                       torch.from_numpy(data["labels"])))
