@@ -42,8 +42,9 @@ def get_corpus_dir(wildcards):
 
 def get_shard_cfg(wildcards):
     t = config["tasks"][wildcards.task]
+    shard = {k: v for k, v in config["shard"].items() if k != "workers"}  # same bytes anyway
     return as_json({"task": task_spec(wildcards.task), "corpus": config["corpora"][t["corpus"]],
-                    "shard": config["shard"]})
+                    "shard": shard})
 
 
 def get_embed_cfg(wildcards):

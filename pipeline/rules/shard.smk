@@ -26,6 +26,7 @@ rule shard:
         "../envs/cmcl.yaml"
     log:
         "logs/shard/{task}_{split}.log",
+    threads: config["shard"]["workers"]
     shell:
         "python -m cmcl shard --cfg {params.cfg:q} --split {wildcards.split} --out {output} "
-        "> {log} 2>&1"
+        "--workers {threads} > {log} 2>&1"

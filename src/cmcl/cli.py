@@ -19,6 +19,10 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not JSON (or @file with JSON): {e}") from None
 
 
+def _megabytes(mb: float | None) -> int | None:
+    return None if mb is None else int(mb * 1e6)
+
+
 def cmd_corpus(a) -> None:
     from cmcl.corpora.builtin import BUILTINS
 
@@ -32,9 +36,10 @@ def cmd_corpus(a) -> None:
 def cmd_shard(a) -> None:
     from cmcl.shards import shard_task
 
-    c = a.cfg
-    n = shard_task(c["task"], c["corpus"], a.split, a.out, c["shard"]["samples_per_shard"],
-                   c["shard"].get("max_per_class"))
+    c, s = a.cfg, a.cfg["shard"]
+    n = shard_task(c["task"], c["corpus"], a.split, a.out, s["samples_per_shard"],
+                   s.get("max_per_class"), workers=a.workers or s.get("workers", 1),
+                   max_shard_bytes=_megabytes(s.get("max_shard_mb")))
     print(f"{c['task']['name']}/{a.split}: {n} pairs -> {a.out}")
 
 
@@ -43,7 +48,7 @@ def cmd_embed(a) -> None:
 
     e = a.cfg["embed"]
     n = embed_split(a.shards, a.out, e["encoders"], e.get("batch_size", 256),
-                    e.get("dtype", "float32"))
+                    e.get("dtype", "float32"), max_shard_bytes=_megabytes(e.get("max_shard_mb")))
     print(f"embedded {n} samples -> {a.out}")
 
 
@@ -205,6 +210,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=_json, required=True, help='{"task":..,"corpus":..,"shard":..}')
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, help="decoding processes (default: shard.workers)")
     p = verb("import-features", cmd_import_features,
              "pre-extracted HDF5 features (adapter features_h5) -> feature shards")
     p.add_argument("--cfg", type=_json, required=True, help='{"task":..,"corpus":..,"shard":..}')
