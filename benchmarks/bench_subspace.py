@@ -181,10 +181,11 @@ def run_variant(kind: str, opts: dict, state: SubspaceState, device: torch.devic
 def part_a(state: SubspaceState, device: torch.device, steps: int, warmup: int,
            rounds: int) -> dict:
     raw: dict[str, list[dict]] = {k: [] for k in VARIANTS}
-    # a discarded run first: the process's one-time costs (the allocator growing its heap
-    # instead of mapping fresh pages for every 4 MB tensor, lazy inits) made whichever variant
-    # ran first up to 1.4x slower
-    run_variant("finetune", {}, state, device, 5, warmup)
+    # a discarded short run of every variant first: until some run has freed big (8 MB)
+    # blocks, glibc's allocator keeps returning 4 MB tensors to the OS and faulting fresh pages
+    # back in, which made fine-tuning (the anchor) 1.4x slower in round 0 than in later rounds
+    for kind, opts in VARIANTS.values():
+        run_variant(kind, opts, state, device, 2, 1)
     for r in range(rounds):  # interleaved rounds spread a shared machine's load over variants
         for name, (kind, opts) in VARIANTS.items():
             raw[name].append(run_variant(kind, opts, state, device, steps, warmup))
