@@ -512,20 +512,6 @@ def test_paper_params_files(enc, dim, lr, thr):
     assert dns["threshold_mode"] == "absolute" and dns["threshold_in"] == thr
 
 
-def schema_with_paper_adapters(tmp_path: Path) -> Path:
-    """The shared schema plus the additions these files need (a no-op once they are merged)."""
-    s = yaml.safe_load((ROOT / "pipeline/schemas/params.schema.yaml").read_text())
-    corpus = s["properties"]["corpora"]["additionalProperties"]["properties"]
-    enum = corpus["adapter"]["enum"]
-    enum += [a for a in (*_paper.PAPER_ADAPTERS, "features_h5") if a not in enum]
-    corpus.setdefault("options", {"type": "object", "default": {}})
-    enc = s["properties"]["embed"]["properties"]["encoders"]["additionalProperties"]["enum"]
-    enc += [] if "precomputed" in enc else ["precomputed"]
-    out = tmp_path / "schema.yaml"
-    out.write_text(yaml.safe_dump(s))
-    return out
-
-
 @pytest.mark.parametrize("enc", ["imagebind", "languagebind", "unibind"])
 def test_paper_params_validate(enc, tmp_path, monkeypatch):
     from cmcl.config import check
@@ -534,7 +520,8 @@ def test_paper_params_validate(enc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for c in p["corpora"].values():
         Path(c["path"]).mkdir(parents=True, exist_ok=True)
-    checked = check(p, schema_with_paper_adapters(tmp_path), f"{enc}.yaml")
+    # the shared schema itself: it lists the paper adapters, `options` and precomputed encoders
+    checked = check(p, ROOT / "pipeline/schemas/params.schema.yaml", f"{enc}.yaml")
     assert checked["methods"]["dns"]["threshold_out"] == p["methods"]["dns"]["threshold_out"]
 
 
