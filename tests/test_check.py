@@ -50,6 +50,9 @@ def test_deliberate_params_change_is_not_checked(recorded):
     assert fingerprint(changed, seq, "dns") != fingerprint(params, seq, "dns")
     assert fingerprint({**params, "methods": {**params["methods"], "gpm": {"x": 1}}}, seq,
                        "dns") == fingerprint(params, seq, "dns")  # others' options don't matter
+    same = {**params, "shard": {**params["shard"], "workers": 4, "max_shard_mb": 50},
+            "train": {**params["train"], "checkpoint_every": 100}}
+    assert fingerprint(same, seq, "dns") == fingerprint(params, seq, "dns")  # not result-bearing
     over = {**params, "overrides": {"dns": {"train": {"epochs": 9}}}}
     assert fingerprint(over, seq, "dns") != fingerprint(params, seq, "dns")
     assert fingerprint(over, seq, "finetune") == fingerprint(params, seq, "finetune")

@@ -87,8 +87,10 @@ def get_train_cfg(wildcards):
     """Only this method's options and overrides: tuning one method never reruns another's."""
     m = wildcards.method
     task = cmcl_config.step_task(config, wildcards.sequence, m, int(wildcards.step))
-    return as_json({**cmcl_config.method_params(config, m),
-                    "methods": {m: config["methods"].get(m, {})}, "task": task})
+    cfg = cmcl_config.method_params(config, m)
+    # how often a step checkpoints cannot change its result: passed outside the params trigger
+    cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "checkpoint_every"}
+    return as_json({**cfg, "methods": {m: config["methods"].get(m, {})}, "task": task})
 
 
 def get_model_cfg(wildcards):

@@ -35,7 +35,10 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=60,
+        # not a param: turning preemption checkpoints on must not rerun finished steps
+        checkpoint_every=config["train"]["checkpoint_every"],
     shell:
         "OMP_NUM_THREADS={threads} python -m cmcl train --cfg {params.cfg:q} "
         "--method {wildcards.method} --seed {wildcards.seed} --step {wildcards.step} "
+        "--checkpoint-every {resources.checkpoint_every} "
         "--features {input.features} --prev {input.prev} --out {output} > {log} 2>&1"

@@ -18,6 +18,10 @@ import yaml
 from cmcl.io import atomic_path, write_json
 
 RESULT_SECTIONS = ("corpora", "shard", "embed", "model", "loss", "eval")
+# keys that cannot change a method's numbers: how data is cut into tars and by how many
+# processes, the matrix itself, how often a step checkpoints
+NOT_RESULTS = {"shard": ("workers", "max_shard_mb", "samples_per_shard"),
+               "embed": ("max_shard_mb",), "train": ("methods", "checkpoint_every")}
 CHECKED = ("map_final_avg", "map_bwt", "r10_final_avg", "zs_acc_final_avg")
 
 
@@ -26,9 +30,14 @@ def fingerprint(params: Mapping, sequence: str, method: str) -> str:
     methods' options, not the other sequences)."""
     from cmcl.config import method_params
 
-    train = {k: v for k, v in method_params(params, method)["train"].items() if k != "methods"}
+    def kept(section: str, values: Mapping | None) -> Mapping | None:
+        skip = NOT_RESULTS.get(section, ())
+        return values if values is None else {k: v for k, v in values.items() if k not in skip}
+
+    train = kept("train", method_params(params, method)["train"])
     tasks = [{"name": t, **params["tasks"][t]} for t in params["sequences"][sequence]]
-    blob = {**{k: params.get(k) for k in RESULT_SECTIONS}, "tasks": tasks, "train": train,
+    blob = {**{k: kept(k, params.get(k)) for k in RESULT_SECTIONS}, "tasks": tasks,
+            "train": train,
             "options": params.get("methods", {}).get(method, {}), "method": method}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 

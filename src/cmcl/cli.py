@@ -90,6 +90,8 @@ def cmd_train(a) -> None:
     from cmcl.train import train_step
 
     cfg = _train_cfg(a)
+    if a.checkpoint_every is not None:
+        cfg = {**cfg, "train": {**cfg["train"], "checkpoint_every": a.checkpoint_every}}
     specs = cfg["task"].get("tasks", [cfg["task"]])
     features = a.features or [f"data/features/{t['name']}/train" for t in specs]
     log = train_step(cfg, a.method, a.seed, a.step, cfg["task"], features, a.prev, a.out)
@@ -227,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--params", help="build the config from this params.yaml instead")
             p.add_argument("--sequence", help="with --params: the sequence (default: the first)")
+            p.add_argument("--checkpoint-every", type=int,
+                           help="optimizer steps between preemption checkpoints (0: off)")
         p.add_argument("--method", required=True)
         p.add_argument("--seed", type=int, required=True)
         p.add_argument("--out", required=True)

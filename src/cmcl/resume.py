@@ -16,8 +16,8 @@ count) matches the job's. Resuming rebuilds the step start exactly as a fresh ru
 method's in-task state, and replays the epoch's shuffling up to the saved batch.
 
 The method's in-task state is whatever its per-batch hooks changed since `before_task`
-(replay buffers and their RNGs, counters, adapters). A method may provide the hook pair
-`task_state() -> (json, tensors)` / `load_task_state(json, tensors)`; without it, `snapshot`
+(replay buffers and their RNGs, counters, adapters): the Strategy hook pair
+`task_state() -> (json, tensors)` / `load_task_state(json, tensors)`. By default `snapshot`
 records the strategy's attributes structurally (tensors, generators, containers, plain
 objects) and `restore` writes them back in place, so optimizers keep pointing at the same
 tensors. Nothing is unpickled: strategy and loop state are safetensors + JSON, and the
@@ -180,16 +180,11 @@ def restore(live: Any, spec: Any, tensors: dict[str, torch.Tensor], where: str =
 
 
 def strategy_state(strategy: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    hook = getattr(strategy, "task_state", None)
-    return hook() if hook is not None else snapshot(strategy)
+    return strategy.task_state()
 
 
 def load_strategy_state(strategy: Any, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
-    hook = getattr(strategy, "load_task_state", None)
-    if hook is not None:
-        hook(meta, tensors)
-    else:
-        restore(strategy, meta, tensors)
+    strategy.load_task_state(meta, tensors)
 
 
 # -- checkpoints on disk ----------------------------------------------------------------------

@@ -166,7 +166,8 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         mods += [m for m in (a, b) if m not in mods]
         ctxs.append(TaskContext(step, task["name"], (a, b), model,
                                 {a: xa.to(acc.device), b: xb.to(acc.device),
-                                 "labels": labels.to(acc.device)}, cfg, acc.device))
+                                 "labels": labels.to(acc.device)}, cfg, acc.device,
+                                gather=acc.gather if acc.num_processes > 1 else lambda t: t))
         loaders.append(batch_loader((xa, xb, labels), tc["batch_size"], gen))
     ctx = ctxs[0]
     strategy.before_task(ctx)

@@ -3,8 +3,9 @@
 A method subclasses `Strategy`, decorates itself with `@register`, and overrides only the hooks
 it needs (Avalanche-style). The training loop in cmcl.train calls the hooks in this order:
 
-    load_state -> before_task -> trainable_parameters -> [per batch: embed -> extra_loss
-    -> backward -> clip -> before_optimizer_step -> optimizer.step -> after_optimizer_step]
+    load_state -> before_task -> trainable_parameters [-> load_task_state on resume]
+    -> [per batch: embed -> extra_loss -> backward -> clip -> before_optimizer_step
+    -> optimizer.step -> after_optimizer_step (-> task_state every train.checkpoint_every)]
     -> after_task -> save_state
 
 Per-method state (covariances, buffers, anchors) is saved beside the step's checkpoint as
@@ -40,9 +41,13 @@ class TaskContext:
     cfg: dict
     device: torch.device = torch.device("cpu")
     extra: dict = field(default_factory=dict)  # per-task log entries a method wants recorded
-    batch: dict | None = None  # the current batch {modality: x, "labels": y}
+    batch: dict | None = None  # this process's slice of the current batch {modality: x, ...}
     epoch: int = 0
     loss_fn: Callable[[dict], torch.Tensor] | None = None  # recompute the loss (SAM-style methods)
+    # slices of all processes, concatenated in rank order (= the global batch); identity with
+    # one process. Methods whose state grows from batches (replay buffers) store gathered
+    # tensors, so every process keeps the state a single process would have.
+    gather: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
 
 
 class Strategy:
@@ -76,6 +81,20 @@ class Strategy:
 
     def save_state(self, directory: Path) -> None:
         """Write this step's state (safetensors + JSON) into `directory`."""
+
+    def task_state(self) -> tuple[Any, dict[str, torch.Tensor]]:
+        """What the per-batch hooks changed since before_task, as (JSON, tensors), saved with
+        each preemption checkpoint. Default: a structural snapshot of the attributes."""
+        from cmcl.resume import snapshot
+
+        return snapshot(self)
+
+    def load_task_state(self, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
+        """Put task_state back on resume (after load_state and before_task ran as at the step
+        start); tensors are written in place, so the optimizer keeps its parameters."""
+        from cmcl.resume import restore
+
+        restore(self, meta, tensors)
 
     # -- what the model computes (evaluation calls `embed` too) ------------------------------
     def embed(self, model: torch.nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ class ER(Strategy):
             return
         if self._left is not None:
             self._left -= 1
-        a, b = ctx.modalities
-        z = self._pending or {}
-        self.buffer.add(ctx.batch[a], ctx.batch[b], (a, b), ctx.batch["labels"], ctx.step,
-                        z.get(a), z.get(b))
+        a, b, g = *ctx.modalities, ctx.gather  # the global batch under data parallelism
+        z = {m: g(v) for m, v in (self._pending or {}).items()}
+        self.buffer.add(g(ctx.batch[a]), g(ctx.batch[b]), (a, b), g(ctx.batch["labels"]),
+                        ctx.step, z.get(a), z.get(b))
