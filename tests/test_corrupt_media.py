@@ -3,8 +3,10 @@
 Files are made here (Pillow, soundfile, PyAV, numpy), then cut short or replaced by junk. By
 default the job stops with an error naming the corpus, the sample and the file; with
 `on_error: skip` the sample is left out and listed in the split's rejected.jsonl with the
-reason. Cases the adapters do not catch yet are strict xfails: each names the gap, and turns
-red as soon as it is fixed, so the marker cannot outlive the bug.
+reason. Sharding decodes every payload once (`cmcl.corpora.media.probe`), so a file cut short
+behind a valid header (WAV/FLAC samples, JPEG scan data, an MP4 with its index up front, an
+AVI) is caught there, named by the corpus file; only with `verify: false` does a bad file
+reach `embed`, which names the shard member instead.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmcl.shards import shard_task
+from cmcl.shards import iter_samples, shard_task
 
 av = pytest.importorskip("av")
 sf = pytest.importorskip("soundfile")
@@ -58,6 +60,21 @@ def mp4(seed: int, path: Path | None = None) -> bytes:
             c.mux(a.encode(fr))
         c.mux(a.encode())
     return path.read_bytes() if path is not None else target.getvalue()
+
+
+def avi(seed: int) -> bytes:
+    """An AVI as UCF101 ships them (MPEG-4 part 2): its header states the frame count, its
+    index sits at the end."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="avi") as c:
+        vs = c.add_stream("mpeg4", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 64, "yuv420p"
+        rng = np.random.default_rng(seed)  # noise: frames large next to the AVI header
+        for _ in range(25):
+            img = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+            c.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        c.mux(vs.encode())
+    return buf.getvalue()
 
 
 def half(data: bytes) -> bytes:
@@ -117,15 +134,21 @@ def test_esc50_corrupt_audio_is_named_or_skipped(tmp_path, ext, damage):
     check_skip(ESC_TASK, corpus, "train", tmp_path / "k", "2-101-A-1", bad.name, kept=5)
 
 
-@pytest.mark.xfail(strict=True, reason="media.probe reads only the audio header (sf.info): a "
-                   "WAV or FLAC cut mid-data passes as a shorter clip")
-@pytest.mark.parametrize("ext", ["wav", "flac"])
-def test_esc50_audio_cut_mid_data_is_refused(tmp_path, ext):
+@pytest.mark.parametrize("ext, error", [
+    ("wav", r"truncated: the header declares 4000 frames, 1989 present"),
+    ("flac", r"truncated or corrupt: the header declares 4000 frames, decoding fails"),
+])
+def test_esc50_audio_cut_mid_data_is_refused(tmp_path, ext, error):
+    """The header survives the cut, so only decoding the samples (and, for WAV, the data
+    chunk's declared size, which libsndfile clamps to the bytes present) shows it."""
     root = make_esc50(tmp_path / "esc", ext)
     bad = root / f"audio/2-101-A-1.{ext}"
     bad.write_bytes(half(bad.read_bytes()))
-    with pytest.raises(ValueError, match="2-101-A-1"):
-        shard_task(ESC_TASK, {"path": str(root), "adapter": "esc50"}, "train", tmp_path / "s")
+    corpus = {"path": str(root), "adapter": "esc50"}
+    with pytest.raises(ValueError, match=rf"corpus 'esc50': sample '2-101-A-1': audio file "
+                                         rf".*2-101-A-1\.{ext} is unreadable \({error}"):
+        shard_task(ESC_TASK, corpus, "train", tmp_path / "s")
+    check_skip(ESC_TASK, corpus, "train", tmp_path / "k", "2-101-A-1", bad.name, kept=5)
 
 
 # ---------------------------------------------------------------- VGGSound and UCF101: video
@@ -144,7 +167,9 @@ VGG_TASK = {"name": "av", "corpus": "vgg", "modalities": ["audio", "video"]}
 @pytest.mark.parametrize("damage, error", [
     (half, "video file .* is unreadable"),  # index at the end: cut off
     (lambda b: b"\x00\x00\x00\x18ftypmp42" + b"junk" * 50, "video file .* is unreadable"),
-    ("faststart", "audio track of .* is unreadable"),  # index intact, packets cut
+    # index up front and intact, packets cut: the probe counts the packets the index lists
+    ("faststart", r"video file .* is unreadable \(truncated: the header declares 10 video "
+                  r"frames \(2\.00 s\), 4 present"),
 ])
 def test_vggsound_corrupt_mp4_is_named_or_skipped(tmp_path, damage, error):
     root = make_vggsound(tmp_path / "vgg")
@@ -160,21 +185,30 @@ def test_vggsound_corrupt_mp4_is_named_or_skipped(tmp_path, damage, error):
     check_skip(VGG_TASK, corpus, "train", tmp_path / "k", "yt1_000010", bad.name, kept=1)
 
 
-def test_ucf101_truncated_video_is_named(tmp_path):
+@pytest.mark.parametrize("ext, make, error", [
+    ("mp4", lambda g, tmp: half(mp4(g)), r"\(\[Errno \d+\] Invalid data"),  # index cut off
+    ("mp4", lambda g, tmp: half(mp4(g, tmp / "fast.mp4")),  # index up front, packets cut
+     r"\(truncated: the header declares 10 video frames \(2\.00 s\), 4 present"),
+    ("avi", lambda g, tmp: half(avi(g)),  # the header's frame count survives, the index not
+     r"\(truncated: the header declares 25 video frames \(1\.00 s\), \d+ present"),
+])
+def test_ucf101_truncated_video_is_named(tmp_path, ext, make, error):
+    """A video-only adapter: no audio decode to trip over, so the video probe must see it."""
     root = tmp_path / "ucf"
     put(root, "ucfTrainTestlist/classInd.txt", "1 YoYo\n")
     put(root, "ucfTrainTestlist/trainlist01.txt",
-        "YoYo/v_YoYo_g01_c01.mp4 1\nYoYo/v_YoYo_g02_c01.mp4 1\n")
-    put(root, "ucfTrainTestlist/testlist01.txt", "YoYo/v_YoYo_g03_c01.mp4\n")
+        f"YoYo/v_YoYo_g01_c01.{ext} 1\nYoYo/v_YoYo_g02_c01.{ext} 1\n")
+    put(root, "ucfTrainTestlist/testlist01.txt", f"YoYo/v_YoYo_g03_c01.{ext}\n")
     for g in (1, 2, 3):
-        put(root, f"UCF-101/YoYo/v_YoYo_g0{g}_c01.mp4", mp4(g))
-    bad = root / "UCF-101/YoYo/v_YoYo_g02_c01.mp4"
-    bad.write_bytes(half(bad.read_bytes()))
+        put(root, f"UCF-101/YoYo/v_YoYo_g0{g}_c01.{ext}", mp4(g) if ext == "mp4" else avi(g))
+    bad = root / f"UCF-101/YoYo/v_YoYo_g02_c01.{ext}"
+    bad.write_bytes(make(2, tmp_path))
     task = {"name": "tv", "corpus": "ucf", "modalities": ["text", "video"]}
     corpus = {"path": str(root), "adapter": "ucf101"}
-    with pytest.raises(ValueError, match=r"corpus 'ucf': sample 'v_YoYo_g02_c01': video file "
-                                         r".*v_YoYo_g02_c01\.mp4 is unreadable"):
+    with pytest.raises(ValueError, match=rf"corpus 'ucf': sample 'v_YoYo_g02_c01': video file "
+                                         rf".*v_YoYo_g02_c01\.{ext} is unreadable {error}"):
         shard_task(task, corpus, "train", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
     check_skip(task, corpus, "train", tmp_path / "k", "v_YoYo_g02_c01", bad.name, kept=1)
 
 
@@ -201,14 +235,17 @@ def test_llvip_corrupt_jpeg_is_named_or_skipped(tmp_path):
     check_skip(LLVIP_TASK, corpus, "train", tmp_path / "k", "010002", "010002.jpg", kept=2)
 
 
-@pytest.mark.xfail(strict=True, reason="media.probe checks images with PIL's verify(), which "
-                   "does not decode JPEG data: a JPEG cut in half passes")
 def test_llvip_truncated_jpeg_is_refused(tmp_path):
+    """Headers intact, scan data cut: PIL's verify() passes it, only decoding the pixels fails."""
     root = make_llvip(tmp_path / "llvip")
     bad = root / "visible/train/010002.jpg"
-    bad.write_bytes(half(picture(0, "JPEG", size=96)))  # headers intact, scan data cut
-    with pytest.raises(ValueError, match="010002"):
-        shard_task(LLVIP_TASK, {"path": str(root), "adapter": "llvip"}, "train", tmp_path / "s")
+    bad.write_bytes(half(picture(0, "JPEG", size=96)))
+    corpus = {"path": str(root), "adapter": "llvip"}
+    with pytest.raises(ValueError, match=r"corpus 'llvip': sample '010002': image file "
+                                         r".*visible/train/010002\.jpg is unreadable "
+                                         r"\(image file is truncated"):
+        shard_task(LLVIP_TASK, corpus, "train", tmp_path / "s")
+    check_skip(LLVIP_TASK, corpus, "train", tmp_path / "k", "010002", "010002.jpg", kept=2)
 
 
 def test_nyudv2_truncated_png_is_named(tmp_path):
@@ -248,32 +285,63 @@ def _cut_png(f: Path) -> None:
     f.write_bytes(half(f.read_bytes()))
 
 
-GENERIC_CASES = [("img/1_3.png", _cut_png, "i13", r"\.image\.png: unreadable image"),
-                 ("img/1_3.png", _junk_png, "i13", r"\.image\.png: unreadable image"),
-                 ("aud/1_3.npy", _cut_npy, "a13", r"\.audio\.npy: not a readable \.npy")]
+def _pickled_npy(f: Path) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    f.write_bytes(buf.getvalue())
 
 
-@pytest.mark.parametrize("rel, damage, sid, error", GENERIC_CASES)
-def test_generic_corrupt_file_stops_embedding_naming_the_sample(corpus, tmp_path, rel, damage,
-                                                                sid, error):
-    """The generic adapter copies file bytes unread; the encoder that decodes them names the
-    shard member (which carries the sample id) and no feature folder appears."""
-    from cmcl.embed import embed_split
+# (file, damage, sample, what sharding says about the file, what embed says about the member)
+GENERIC_CASES = [
+    ("img/1_3.png", _cut_png, "i13", r"image file .*img/1_3\.png is unreadable \(Truncated",
+     r"\.image\.png: unreadable image"),
+    ("img/1_3.png", _junk_png, "i13", r"image file .*img/1_3\.png is unreadable",
+     r"\.image\.png: unreadable image"),
+    ("aud/1_3.npy", _cut_npy, "a13", r"audio file .*aud/1_3\.npy is unreadable \(truncated "
+     r"\.npy: EOF: reading array data, expected \d+ bytes got \d+", r"\.audio\.npy: not a "
+     r"readable \.npy"),
+    ("aud/1_3.npy", _pickled_npy, "a13", r"audio file .*aud/1_3\.npy is unreadable \(a \.npy "
+     r"of Python objects \(would need unpickling\): refused", r"\.audio\.npy: not a "
+     r"readable \.npy"),
+]
 
+
+@pytest.mark.parametrize("rel, damage, sid, error, _", GENERIC_CASES)
+def test_generic_corrupt_file_is_named_at_sharding(corpus, tmp_path, rel, damage, sid, error, _):
+    """The generic adapter decodes each file once while sharding (`verify` defaults to true):
+    the error names corpus, sample and file, and no shard folder appears."""
     damage(corpus / rel)
-    shard_task(GENERIC_TASK, {"path": str(corpus)}, "train", tmp_path / "s")
-    with pytest.raises(ValueError, match=rf"\.tar:[^ ]*{sid}[^ ]*{error}"):
-        embed_split(tmp_path / "s", tmp_path / "f", ENCODERS)
-    assert not (tmp_path / "f").exists()
+    with pytest.raises(ValueError, match=rf"corpus 'c': sample '{sid}': {error}"):
+        shard_task(GENERIC_TASK, {"path": str(corpus)}, "train", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the generic adapter never probes file contents (it "
-                   "accepts `verify` but ignores it), so `on_error: skip` cannot skip a corrupt "
-                   "file: sharding keeps it and embedding fails")
-@pytest.mark.parametrize("rel, damage, sid, error", GENERIC_CASES[:2])
-def test_generic_corrupt_file_is_skipped_on_request(corpus, tmp_path, rel, damage, sid, error):
+@pytest.mark.parametrize("rel, damage, sid, error, _", GENERIC_CASES)
+def test_generic_corrupt_file_is_skipped_on_request(corpus, tmp_path, rel, damage, sid, error,
+                                                    _):
     damage(corpus / rel)
     out = tmp_path / "s"
     shard_task(GENERIC_TASK, {"path": str(corpus), "options": {"on_error": "skip"}}, "train",
                out)
-    assert [r["id"] for r in rejected(out)] == [sid]
+    paired = [json.loads(x["json"])["id"] for x in iter_samples(out)]
+    assert paired and not any(sid in pair.split("+") for pair in paired)
+    rows = rejected(out)
+    assert [(r["corpus"], r["id"]) for r in rows] == [("c", sid)]
+    assert rows[0]["reason"].startswith(f"corpus 'c': sample '{sid}': ")
+    assert rel in rows[0]["reason"]
+
+
+@pytest.mark.parametrize("rel, damage, sid, _, error", GENERIC_CASES)
+def test_generic_unverified_corrupt_file_stops_embedding(corpus, tmp_path, rel, damage, sid, _,
+                                                         error):
+    """`verify: false` copies the bytes unread (trusted data, faster sharding): the encoder
+    that decodes them names the shard member (which carries the sample id), no feature folder
+    appears, and a pickle-bearing .npy is refused there too, never unpickled."""
+    from cmcl.embed import embed_split
+
+    damage(corpus / rel)
+    shard_task(GENERIC_TASK, {"path": str(corpus), "options": {"verify": False}}, "train",
+               tmp_path / "s")
+    with pytest.raises(ValueError, match=rf"\.tar:[^ ]*{sid}[^ ]*{error}"):
+        embed_split(tmp_path / "s", tmp_path / "f", ENCODERS)
+    assert not (tmp_path / "f").exists()

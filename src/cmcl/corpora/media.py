@@ -1,9 +1,10 @@
-"""What the paper's dataset adapters share: options, safe file reads, header probes, bad samples.
+"""What every corpus adapter shares: options, safe file reads, decode probes, bad samples.
 
-Every adapter reads a dataset in the layout it is distributed in, so each one needs the same
-guarantees as the generic adapter: a bad sample (missing or unreadable file, unknown label)
-stops the job with an error naming the corpus, the sample id and the file, unless the user
-opted into skipping bad samples (`on_error: skip`), in which case each skip is logged.
+Every adapter reads a dataset in the layout it is distributed in, and each one (the generic
+layout's too) gives the same guarantees: a bad sample (missing, unreadable, corrupt or
+truncated file, unknown label) is caught at sharding time and stops the job with an error
+naming the corpus, the sample id and the file, unless the user opted into skipping bad samples
+(`on_error: skip`), in which case each skip is logged and listed in rejected.jsonl.
 Decoding libraries (soundfile, PyAV) are imported only when a probe or an extraction needs them.
 """
 
@@ -87,7 +88,11 @@ class Inside:
 
 
 class Reader:
-    """Reads sample files below a corpus root, probing their headers when `verify` is on."""
+    """Reads sample files below a corpus root; with `verify` on (the default) each payload is
+    decoded once by `probe`, so a corrupt or truncated file is a SampleError naming it.
+    `verify: false` copies bytes unprobed (faster, for trusted data): a bad file is then only
+    caught when `embed` decodes it, named by its shard member, and `on_error: skip` cannot
+    skip it."""
 
     def __init__(self, corpus: str, root: Path, verify: bool = True) -> None:
         self.corpus, self.root, self.verify = corpus, root, verify
@@ -124,24 +129,176 @@ class Reader:
 
 
 def probe(ext: str, data: bytes) -> None:
-    """Parse the header of an image, audio or video payload; raise if it is not one."""
+    """Decode an image, audio, video or .npy payload once; raise if it is corrupt or truncated.
+
+    Why decode and not just parse headers: a file cut short keeps a valid header (a JPEG's scan
+    data, a WAV's samples, an MP4 whose index sits up front), and sharding is the only place
+    that still knows which corpus file a payload came from; later stages can only name the
+    shard member. Other extensions (text, json, ...) are copied as they are.
+    """
     if not data:
         raise ValueError("empty file")
     if ext in IMAGE_EXT:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
+        _probe_image(data)
     elif ext in AUDIO_EXT:
-        sf = _import("soundfile", "soundfile")
-        info = sf.info(io.BytesIO(data))
-        if info.frames <= 0:
-            raise ValueError("no audio frames")
+        _probe_audio(ext, data)
     elif ext in VIDEO_EXT:
-        av = _import("av", "av (PyAV)")
-        with av.open(io.BytesIO(data)) as c:
-            if not c.streams.video:
-                raise ValueError("no video stream")
+        _probe_video(data)
+    elif ext == "npy":
+        _probe_npy(data)
+
+
+def _probe_image(data: bytes) -> None:
+    """verify() checks a PNG's chunk CRCs; load() decodes the pixels (verify() never reads
+    JPEG scan data), with truncated images refused even if a library set LOAD_TRUNCATED_IMAGES.
+
+    A JPEG is decoded at 1/8 scale (draft): libjpeg still reads every byte of the scan data,
+    so a cut or broken stream fails the same way, at about half the cost of full size.
+    """
+    from PIL import Image, ImageFile
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()
+    saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+# WAV format tags whose block align is the size of one frame (PCM, float, A-law, mu-law,
+# extensible): for these the data chunk's declared size gives the frame count
+_WAV_FRAME_ALIGNED = frozenset({1, 3, 6, 7, 0xFFFE})
+
+
+def wav_declared_frames(data: bytes) -> int | None:
+    """Frames the RIFF header's data chunk declares, or None when it cannot tell.
+
+    Why parse it here: libsndfile clamps a too-long data chunk to the bytes present, so a WAV
+    cut mid-data reads as a shorter clip. A size of 0 or 0xFFFFFFFF (streamed writers) is
+    'unknown', as is a compressed format whose blocks hold several frames.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, align = 12, 0
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if cid == b"fmt " and pos + 22 <= len(data):
+            tag = int.from_bytes(data[pos + 8:pos + 10], "little")
+            align = int.from_bytes(data[pos + 20:pos + 22], "little")
+            if tag not in _WAV_FRAME_ALIGNED:
+                return None
+        elif cid == b"data":
+            return size // align if align and size not in (0, 0xFFFFFFFF) else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _probe_audio(ext: str, data: bytes) -> None:
+    """Decode every frame (in blocks, so a long clip never sits in memory as floats) and check
+    the count against the header's: a WAV or FLAC cut mid-data is 'truncated', not shorter."""
+    import numpy as np
+
+    sf = _import("soundfile", "soundfile")
+    declared = wav_declared_frames(data) if ext == "wav" else None
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        frames = f.frames
+        if frames <= 0:
+            raise ValueError("no audio frames")
+        if declared is not None and declared > frames:
+            raise ValueError(f"truncated: the header declares {declared} frames, "
+                             f"{frames} present")
+        buf = np.empty((min(frames, 4096), f.channels), np.float32)
+        got = 0
+        try:
+            while n := len(f.read(out=buf)):
+                got += n
+        except sf.LibsndfileError as e:  # a FLAC cut mid-frame: "flac decoder lost sync."
+            raise ValueError(f"truncated or corrupt: the header declares {frames} frames, "
+                             f"decoding fails in frames {got}..{min(got + len(buf), frames)} "
+                             f"({e})") from None
+    # WAV and FLAC headers state the exact length; MP3/Ogg lengths may be estimates
+    if ext in ("wav", "flac") and got < frames:
+        raise ValueError(f"truncated: the header declares {frames} frames, {got} present")
+
+
+def _probe_video(data: bytes) -> None:
+    """Demux every packet and decode the first frame and the last GOP (through the last packet).
+
+    Why not the header alone: an MP4 with its index up front (faststart, as streaming sites
+    serve it) or an AVI whose header states its length still opens when cut; the packets the
+    header promises are then missing. Truncated means fewer video packets than the declared
+    frame count *and* a packet span short of that count at the stream's frame rate by more
+    than a frame (both, so an AVI's empty dropped-frame chunks alone never reject a good file;
+    the rate and not the stream duration, which FFmpeg re-estimates for an AVI cut short);
+    Matroska/WebM declare no count, only a duration, which the streams' end is checked against.
+    Decoding both ends proves the codec reads the clip without decoding all of it.
+    """
+    av = _import("av", "av (PyAV)")
+    with av.open(io.BytesIO(data)) as c:
+        if not c.streams.video:
+            raise ValueError("no video stream")
+        vs = c.streams.video[0]
+        ctx = vs.codec_context
+        count, first, gop = 0, False, []
+        start, stop, end = None, None, 0.0  # video packet span (stream ticks); any stream's end
+        for p in c.demux():
+            if p.size == 0 and p.pts is None and p.dts is None:
+                continue  # the demuxer's end-of-stream marker
+            t = p.pts if p.pts is not None else p.dts
+            if t is not None and p.time_base is not None:
+                end = max(end, float((t + (p.duration or 0)) * p.time_base))
+            if p.stream.index != vs.index:
+                continue
+            count += 1
+            if t is not None:
+                start = t if start is None else min(start, t)
+                stop = max(stop if stop is not None else t, t + (p.duration or 0))
+            if p.is_keyframe:
+                gop = []
+            gop.append(p)
+            if not first and ctx.decode(p):
+                first = True
+                ctx.flush_buffers()
+        if not count:
+            raise ValueError("no video packets")
+        declared, rate = vs.frames, vs.average_rate or vs.base_rate
+        if declared > 0 and count < declared:
+            if not rate or start is None:
+                raise ValueError(f"truncated: the header declares {declared} video frames, "
+                                 f"{count} present")
+            want, have = float(declared / rate), float((stop - start) * vs.time_base)
+            if have < want - 1.5 / float(rate):
+                raise ValueError(f"truncated: the header declares {declared} video frames "
+                                 f"({want:.2f} s), {count} present ({have:.2f} s)")
+        whole = (c.duration or 0) / 1e6
+        if declared <= 0 and "matroska" in c.format.name and whole - end > 0.5 + 0.02 * whole:
+            raise ValueError(f"truncated: the header declares {whole:.2f} s, the streams end "
+                             f"at {end:.2f} s")
+        ctx.flush_buffers()
+        frames = sum(len(ctx.decode(p)) for p in gop) + len(ctx.decode(None))
+        if not first and not frames:
+            raise ValueError("no decodable video frame")
+        if not frames:
+            raise ValueError("the last video frames do not decode")
+
+
+def _probe_npy(data: bytes) -> None:
+    """np.load without pickles: an object array is refused, never unpickled."""
+    import numpy as np
+
+    try:
+        np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        msg = str(e)
+        if "allow_pickle" in msg:
+            raise ValueError("a .npy of Python objects (would need unpickling): refused; "
+                             "store a numeric array") from None
+        raise ValueError(f"truncated .npy: {msg}" if msg.startswith("EOF") else
+                         f"invalid .npy: {msg}") from None
 
 
 def _import(module: str, package: str):

@@ -26,8 +26,9 @@ def ucf101(name: str, path: Path, **options):
     never opens archives). Samples are the videos named by the chosen split's lists, so a
     listed file that is missing is an error, and videos not listed are ignored.
 
-    Options: `split` 1|2|3 (official split, default 1), `verify` (probe each video's header,
-    default true), `on_error` raise|skip.
+    Options: `split` 1|2|3 (official split, default 1), `verify` (default true: demux each
+    video and decode its first frame and last GOP, so a corrupt or cut one is named; false
+    copies the bytes unread), `on_error` raise|skip.
     Sample: id = video stem, label = class index (classInd order, 0-based), modalities
     video (.avi bytes) and text (the class name, e.g. "apply eye makeup", as the DNS authors'
     text side). Class names are the folder names made readable; prompts use TEMPLATES.
