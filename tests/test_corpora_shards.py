@@ -93,11 +93,17 @@ def test_embed_writes_feature_shards(corpus, tmp_path):
 
 
 def test_corrupt_npy_names_the_sample(corpus, tmp_path):
+    """Sharding loads each .npy once and names the corpus file; unverified (`verify: false`)
+    it reaches `embed`, which names the shard member."""
     from cmcl.embed import embed_split
 
     (corpus / "aud/1_3.npy").write_bytes(b"\x93NUMPY garbage")
     task = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class"}
-    shard_task(task, {"path": str(corpus)}, "train", tmp_path / "s")
+    with pytest.raises(ValueError, match=r"corpus 'c': sample 'a13': audio file .*aud/1_3\.npy "
+                                         r"is unreadable \(invalid \.npy: "):
+        shard_task(task, {"path": str(corpus)}, "train", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    shard_task(task, {"path": str(corpus), "options": {"verify": False}}, "train", tmp_path / "s")
     with pytest.raises(ValueError, match=r"\+a13\.audio\.npy: not a readable \.npy"):
         embed_split(tmp_path / "s", tmp_path / "f", {"image": "pixels", "audio": "mfcc_stats"})
     assert not (tmp_path / "f").exists()
