@@ -11,7 +11,7 @@ import torch
 from cmcl.models import MultiHead
 from cmcl.strategies import get_strategy
 from cmcl.strategies.dns import DNS
-from cmcl.subspace import FactoredGradients
+from cmcl.subspace import FactoredGradients, RotatedHeads
 
 DIMS = {"a": 12, "b": 10, "c": 9}
 EMBED = 8
@@ -183,6 +183,39 @@ def test_rotated_placement_keeps_old_similarities(old_task, sides):
     assert drift_ft > 0.05
     for head in model.heads.values():  # hooks gone, weights back in the original coordinates
         assert not head._forward_hooks and not head._forward_pre_hooks
+
+
+def spy_input_rotations(monkeypatch) -> list[tuple[str, bool, bool]]:
+    """Record each RotatedHeads.rotate_inputs call: (modality, rotated?, input hook installed?)."""
+    calls: list[tuple[str, bool, bool]] = []
+    real = RotatedHeads.rotate_inputs
+
+    def rotate(self, modality, x, rows=65536):
+        y = real(self, modality, x, rows)
+        head = self.heads.get(modality)
+        calls.append((modality, y is not x, bool(head is not None and head._forward_pre_hooks)))
+        return y
+
+    monkeypatch.setattr(RotatedHeads, "rotate_inputs", rotate)
+    return calls
+
+
+@pytest.mark.parametrize("sides", ["both", "input", "output"])
+def test_rotated_inputs_once_per_task_equal_the_per_batch_hooks(old_task, monkeypatch, sides):
+    """The task's features are rotated once (train_inputs, no input hook) and training ends
+    where rotating every batch by a forward hook ended, to float rounding."""
+    calls = spy_input_rotations(monkeypatch)
+    once, log_once, drift, moved = train_new_task(old_task, placement="rotated", sides=sides)
+    # head a has a past (rotated unless only its output side is protected); c has none
+    assert calls == [("a", sides != "output", False), ("c", False, False)]
+    assert drift < 1e-5 and moved > 0.1
+    monkeypatch.setattr(DNS, "per_task_inputs", False)
+    hooked, log_hooked, _, _ = train_new_task(old_task, placement="rotated", sides=sides)
+    assert len(calls) == 2, "the per-batch reference must not rotate the features"
+    for m in ("a", "c"):
+        torch.testing.assert_close(once.heads[m].weight, hooked.heads[m].weight, rtol=1e-5,
+                                   atol=1e-6)
+    assert log_once["epoch_loss"] == pytest.approx(log_hooked["epoch_loss"], rel=1e-5)
 
 
 def test_rotated_placement_is_another_optimizer_with_the_same_first_loss(old_task):

@@ -13,7 +13,7 @@ from cmcl.models import MultiHead
 from cmcl.strategies import get_strategy
 from cmcl.strategies.adam_nscl import min_ratio_rank
 from cmcl.strategies.gpm import InputProjection
-from cmcl.subspace import FactoredGradients, null_space_update
+from cmcl.subspace import FactoredGradients, RotatedHeads, null_space_update
 
 DIMS = {"a": 12, "b": 10, "c": 9}
 EMBED = 8
@@ -221,6 +221,31 @@ def test_rotated_placement_keeps_old_outputs(old, method):
     assert drift < 1e-5 and moved > 0.1
     assert (rot.heads["a"].weight - upd.heads["a"].weight).abs().max() > 1e-3
     assert not rot.heads["a"]._forward_pre_hooks
+
+
+@pytest.mark.parametrize("method", ["gpm", "adam_nscl"])
+def test_rotated_inputs_once_per_task_equal_the_per_batch_hooks(old, monkeypatch, method):
+    """Head a's features are rotated once per task (no input hook while training; c has no
+    past) and the weights end where per-batch hook rotation ended, to float rounding."""
+    opts = GPM_SPAN if method == "gpm" else {}
+    calls, real = [], RotatedHeads.rotate_inputs
+
+    def rotate(self, modality, x, rows=65536):
+        y = real(self, modality, x, rows)
+        hooked = modality in self.heads and bool(self.heads[modality]._forward_pre_hooks)
+        calls.append((modality, y is not x, hooked))
+        return y
+
+    monkeypatch.setattr(RotatedHeads, "rotate_inputs", rotate)
+    once, drift, moved = new_task(old[method], method, placement="rotated", **opts)
+    assert calls == [("a", True, False), ("c", False, False)]
+    assert drift < 1e-5 and moved > 0.1
+    monkeypatch.setattr(InputProjection, "per_task_inputs", False)
+    hooked, _, _ = new_task(old[method], method, placement="rotated", **opts)
+    assert len(calls) == 2
+    for m in ("a", "c"):
+        torch.testing.assert_close(once.heads[m].weight, hooked.heads[m].weight, rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_rotated_placement_refuses_heads_with_a_bias():

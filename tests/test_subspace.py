@@ -398,3 +398,21 @@ def test_rotated_pair_frame_keeps_inner_products_and_norms(k_a, k_b):
     # a's frame is its rotated output basis (the original one when its output side is whole)
     assert torch.allclose(ea, za, atol=1e-5) == (k_a == 6)
     rot.close()
+
+
+@pytest.mark.parametrize(("k_out", "k_in"), [(2, 3), (6, 4), (2, 9)])
+def test_rotated_heads_without_input_hooks_take_inputs_rotated_once(k_out, k_in):
+    """input_hooks=False: no input hook; rotate_inputs (in any block size) gives the inputs
+    the hook would have produced, so the head computes the same function on them."""
+    head, x = head_and_batch(n=7)
+    z0 = head(x).detach()
+    p_out, p_in = random_projector(6, k_out, seed=1), random_projector(9, k_in, seed=2)
+    rot = RotatedHeads({"a": head}, {"a": (p_out, p_in)}, input_hooks=False)
+    assert not head._forward_pre_hooks and len(head._forward_hooks) == (k_out < 6)
+    xr = rot.rotate_inputs("a", x)
+    if k_in == 9:  # all protected: that side is not rotated
+        assert xr is x
+    torch.testing.assert_close(rot.rotate_inputs("a", x, rows=3), xr, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(head(xr), z0, atol=1e-5, rtol=1e-5)
+    assert rot.rotate_inputs("b", x) is x  # not a rotated head
+    rot.close()

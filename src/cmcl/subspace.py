@@ -308,10 +308,13 @@ class RotatedHeads:
     holds W̃ (its optimizer steps W̃), hooks rotate the head's inputs (x ↦ x R_in) and outputs
     (z̃ ↦ z̃ R_outᵀ), and after each optimizer step the protected block is written back: a
     slice copy instead of an O(d²k) projection of the d×d update. The price is B·d² per rotated
-    side per batch (plus the backward through the output rotation). `close` restores W in the
-    original coordinates. The rotation preserves the forward pass and the gradient norm (so
-    clipping), but AdamW's per-coordinate scaling now acts in the rotated coordinates: a
-    different optimizer from projecting the AdamW update of W, with the same invariant.
+    side per batch (plus the backward through the output rotation). With `input_hooks=False`
+    no input hook is installed: the caller feeds inputs already in the rotated frame
+    (`rotate_inputs`, once per task when the inputs are fixed features), which removes the
+    input side's per-batch cost. `close` restores W in the original coordinates. The
+    rotation preserves the forward pass and the gradient norm (so clipping), but AdamW's
+    per-coordinate scaling now acts in the rotated coordinates: a different optimizer from
+    projecting the AdamW update of W, with the same invariant.
     Heads with a bias are refused (an augmented input column does not survive the rotation
     as a bias); sides whose projector is the identity (all protected) or whose other side is
     empty need no rotation.
@@ -324,7 +327,7 @@ class RotatedHeads:
 
     def __init__(self, heads: Mapping[str, torch.nn.Linear],
                  proj: Mapping[str, tuple[Projector, Projector]],
-                 pair: tuple[str, str] | None = None) -> None:
+                 pair: tuple[str, str] | None = None, input_hooks: bool = True) -> None:
         self.heads: dict[str, torch.nn.Linear] = {}
         self.rot: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         self.block: dict[str, torch.Tensor] = {}
@@ -344,7 +347,7 @@ class RotatedHeads:
             self.heads[m], self.rot[m] = head, rot
             self.block[m] = w[: p_out.rank, : p_in.rank].detach().clone()
             r_out, r_in = rot
-            if r_in is not None:
+            if r_in is not None and input_hooks:
                 self._handles.append(head.register_forward_pre_hook(
                     lambda _mod, inputs, r=r_in: (inputs[0] @ r, *inputs[1:])))
             if r_out is not None and (pair is None or m not in pair):
@@ -360,6 +363,18 @@ class RotatedHeads:
                 if r_a is not None:
                     f = f @ r_a.to(f)
                 self.frame[pair[1]] = f.to(ref.dtype)
+
+    def rotate_inputs(self, modality: str, x: torch.Tensor, rows: int = 65536) -> torch.Tensor:
+        """x R_in: a head's inputs in its rotated input frame (x itself if that side is not
+        rotated). Computed on R_in's device in blocks of `rows`, returned on x's device, so a
+        large CPU feature matrix is rotated on the accelerator without moving it whole."""
+        r = self.rot.get(modality, (None, None))[1]
+        if r is None:
+            return x
+        out = torch.empty(x.shape[0], r.shape[1], dtype=r.dtype, device=x.device)
+        for i in range(0, len(x), rows):
+            out[i: i + rows] = (x[i: i + rows].to(r) @ r).to(x.device)
+        return out
 
     def to_frame(self, modality: str, z: torch.Tensor) -> torch.Tensor:
         """An embedding in the pair's common frame (see `pair`); identity for other heads."""

@@ -160,7 +160,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     acc = acc or make_accelerator(tc)
     model = model.to(acc.device)
     gen = torch.Generator().manual_seed(seed * 1000 + step)
-    ctxs, loaders, mods = [], [], []
+    ctxs, mods = [], []
     for task, xa, xb, labels in parts:
         a, b = task["modalities"]
         mods += [m for m in (a, b) if m not in mods]
@@ -168,9 +168,16 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
                                 {a: xa.to(acc.device), b: xb.to(acc.device),
                                  "labels": labels.to(acc.device)}, cfg, acc.device,
                                 gather=acc.gather if acc.num_processes > 1 else lambda t: t))
-        loaders.append(batch_loader((xa, xb, labels), tc["batch_size"], gen))
     ctx = ctxs[0]
     strategy.before_task(ctx)
+    # built after before_task so train_inputs can use what it set up; building a loader draws
+    # nothing from `gen`, so the shuffling is the same as when they were built first
+    loaders = []
+    for c, (_, xa, xb, labels) in zip(ctxs, parts, strict=True):
+        a, b = c.modalities
+        loaders.append(batch_loader((strategy.train_inputs(c, a, xa),
+                                     strategy.train_inputs(c, b, xb), labels),
+                                    tc["batch_size"], gen))
     params = [p for m in mods for p in model.heads[m].parameters()]
     extra_params = strategy.trainable_parameters(ctx)
     params += extra_params

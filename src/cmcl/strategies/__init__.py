@@ -3,7 +3,8 @@
 A method subclasses `Strategy`, decorates itself with `@register`, and overrides only the hooks
 it needs (Avalanche-style). The training loop in cmcl.train calls the hooks in this order:
 
-    load_state -> before_task -> trainable_parameters [-> load_task_state on resume]
+    load_state -> before_task -> train_inputs (once per modality of each part, as the batch
+    loaders are built) -> trainable_parameters [-> load_task_state on resume]
     -> [per batch: embed -> extra_loss -> backward -> clip -> before_optimizer_step
     -> optimizer.step -> after_optimizer_step (-> task_state every train.checkpoint_every)]
     -> after_task -> save_state
@@ -100,6 +101,14 @@ class Strategy:
     def embed(self, model: torch.nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:
         """Embedding of features x; methods with prompts/adapters override this."""
         return model(modality, x)
+
+    def train_inputs(self, ctx: TaskContext, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """The features the task's batches are drawn from (default: x itself), called once per
+        task after before_task. Features are frozen, so a fixed map of the inputs (e.g. the
+        rotation of cmcl.subspace.RotatedHeads) costs one pass here instead of one per batch
+        and epoch. Rows must stay in order (the loader's shuffling is unchanged); ctx.batch then
+        holds the mapped rows, while ctx.train keeps the untouched split."""
+        return x
 
     def trainable_parameters(self, ctx: TaskContext) -> list[torch.nn.Parameter]:
         """Extra parameters the method trains besides the task's heads (after before_task)."""

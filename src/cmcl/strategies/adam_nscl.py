@@ -26,8 +26,9 @@ Rule for the protected subspace (option `threshold_mode`, value `a`):
 - `absolute` / `energy`: the library's other modes (eigenvalue > a; kept-energy fraction a).
 Option `placement`: `update` (default, as above) or `rotated` (opt-in): train each head in the
 eigenbasis of P_in with the protected columns frozen (subspace.RotatedHeads): the same invariant
-without the O(d²k) per-step projection, but AdamW's moments live in rotated coordinates, so it
-is a different optimizer from the paper's. Bias-free heads only.
+without the O(d²k) per-step projection (the inputs are rotated once per task), but AdamW's
+moments live in rotated coordinates, so it is a different optimizer from the paper's.
+Bias-free heads only.
 Not reproduced: the authors divide the projection matrix by its Frobenius norm, which only
 rescales the step size by 1/sqrt(null-space dim) — a learning-rate change, left to train.lr.
 """

@@ -21,7 +21,9 @@ Choices made here, and why:
   `placement: rotated` (opt-in) keeps the update placement's invariant far more cheaply:
   each head trains in the eigenbasis of P_in, where the projection is "leave the protected
   columns of W̃ = W R_in unchanged" (subspace.RotatedHeads); AdamW's per-coordinate moments
-  then live in rotated coordinates, so it is another optimizer. Bias-free heads only.
+  then live in rotated coordinates, so it is another optimizer. Bias-free heads only. The
+  task's inputs are rotated once (`train_inputs`), so a step costs what fine-tuning costs plus
+  a slice copy.
 - A head's bias is treated as one more input column fed a constant 1 (its covariance row is
   the input mean), so the bias is protected with the weights under the gradient and update
   placements.
@@ -63,6 +65,9 @@ class InputProjection(Strategy):
 
     placement: str = "update"
     threshold_key: str = "threshold"  # the option `resolve_options` checks against the mode
+    # rotated: rotate the task's inputs once (train_inputs); False rotates every batch by a
+    # forward hook instead (the reference the tests compare against)
+    per_task_inputs: bool = True
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
@@ -137,7 +142,14 @@ class InputProjection(Strategy):
         if self.placement == "gradient" and heads and FactoredGradients.usable():
             self.factored = FactoredGradients(heads, bias_column=True, seed=ctx.step)
         if self.placement == "rotated":
-            self.rotated = RotatedHeads(heads, self.proj)
+            self.rotated = RotatedHeads(heads, self.proj, input_hooks=not self.per_task_inputs)
+
+    def train_inputs(self, ctx: TaskContext, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Rotated placement: the task's features in the head's eigenbasis of P_in, once per
+        task; no per-batch rotation is left (the output side is never rotated here)."""
+        if self.rotated is None or not self.per_task_inputs:
+            return x
+        return self.rotated.rotate_inputs(modality, x)
 
     @staticmethod
     def _joined(head: torch.nn.Linear, grad: bool) -> torch.Tensor | None:
