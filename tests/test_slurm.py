@@ -202,9 +202,10 @@ def test_two_sweep_workers_ran_as_slurm_jobs_on_one_journal(cluster, runs):
     from cmcl.config import load
     from cmcl.sweep import open_study
 
-    jobs = cluster.sacct("JobID", "Comment", "State", workdir=runs["slurm"])
+    jobs = cluster.sacct("JobID", "Comment", "State", "Elapsed", workdir=runs["slurm"])
     workers = [j for j in jobs if j["Comment"].startswith("rule_sweep_worker")]
     assert len(workers) == 2 and {j["State"] for j in workers} == {"COMPLETED"}, jobs
+    print(f"\nsweep worker jobs ran {[j['Elapsed'] for j in workers]} (Slurm elapsed)")
     remote = runs["slurm"]
     params = load(remote / "params.yaml", remote / "pipeline/schemas/params.schema.yaml")
     trials = open_study(params, remote / "results/sweep/slurm/journal.log").get_trials()
