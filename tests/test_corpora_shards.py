@@ -298,3 +298,23 @@ def test_corrupt_or_truncated_tars_are_named(tmp_path):
     tar.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"000000\.tar: truncated tar"):
         read_features(d)
+
+
+def test_feature_shards_read_by_a_webdataset_pipeline(corpus, tmp_path):
+    """Interop: the open_clip-style consumer (`wds.WebDataset`) reads cmcl's feature shards
+    to the same keys, labels and arrays as cmcl's own reader."""
+    import webdataset as wds
+
+    from cmcl.embed import embed_split
+    from cmcl.shards import shard_urls
+
+    task = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class"}
+    shard_task(task, {"path": str(corpus)}, "train", tmp_path / "s", samples_per_shard=4)
+    embed_split(tmp_path / "s", tmp_path / "f", {"image": "pixels", "audio": "mfcc_stats"})
+    ours = read_features(tmp_path / "f")
+    theirs = list(wds.WebDataset(shard_urls(tmp_path / "f"), shardshuffle=False,
+                                 empty_check=False).decode())
+    assert [s["__key__"] for s in theirs] == ours["keys"]
+    assert [int(s["cls"]) for s in theirs] == ours["labels"].tolist()
+    for m in ("image", "audio"):
+        np.testing.assert_array_equal(np.stack([s[f"{m}.npy"] for s in theirs]), ours[m])
