@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         # on CPU the process CPU time of the single-threaded chain is what its wall time is on
         # an idle machine; wall time on a shared one includes waiting for a core
         k = "chain_cpu_s" if device.type == "cpu" else "chain_wall_s"
+        if scale >= 1.0:  # measured at full size: nothing to extrapolate
+            continue
         figures[f"paper_{k}_{m}_extrapolated_full"] = figure(
             fit[k]["value"], "s", env, None,
             f"EXTRAPOLATED to 11 x {TRAIN_FULL}/{TEST_FULL} pairs, {epochs} epochs: "
