@@ -236,7 +236,6 @@ def test_rotated_placement_refuses_heads_with_a_bias():
 
 @pytest.mark.parametrize("placement", ["exact", "faithful", "rotated"])
 def test_preemption_checkpoints_record_only_the_path_counters(old_task, placement):
-    from cmcl.resume import load_strategy_state, strategy_state
     from cmcl.strategies import TaskContext
 
     model0, state, _, _ = old_task
@@ -246,9 +245,9 @@ def test_preemption_checkpoints_record_only_the_path_counters(old_task, placemen
     strat.state = copy.deepcopy(state)
     ctx = TaskContext(2, "t2", ("a", "c"), model, {}, cfg())
     strat.before_task(ctx)  # hooks installed: the checkpoint must not try to record them
-    meta, tensors = strategy_state(strat)
+    meta, tensors = strat.task_state()
     assert tensors == {} and json.loads(json.dumps(meta)) == meta
     strat.paths["factored"] = 3
-    load_strategy_state(strat, meta, tensors)
+    strat.load_task_state(meta, tensors)
     assert strat.paths == {"factored": 0, "dense": 0}
     strat._close(ctx)

@@ -179,14 +179,6 @@ def restore(live: Any, spec: Any, tensors: dict[str, torch.Tensor], where: str =
     raise ValueError(f"{where}: unknown checkpoint entry '{kind}'")
 
 
-def strategy_state(strategy: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    return strategy.task_state()
-
-
-def load_strategy_state(strategy: Any, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
-    strategy.load_task_state(meta, tensors)
-
-
 # -- checkpoints on disk ----------------------------------------------------------------------
 def save_checkpoint(acc: Any, root: Path, strategy: Any, loop: dict,
                     epoch_gen: torch.Tensor) -> None:
@@ -202,7 +194,7 @@ def save_checkpoint(acc: Any, root: Path, strategy: Any, loop: dict,
         partial.mkdir(parents=True)
     acc.wait_for_everyone()
     acc.save_state(str(partial / "accelerate"))
-    meta, tensors = strategy_state(strategy)
+    meta, tensors = strategy.task_state()
     save_tensors(partial / f"strategy_{rank}.safetensors", tensors)
     write_json(partial / f"strategy_{rank}.json", {"state": meta})
     acc.wait_for_everyone()
@@ -258,6 +250,6 @@ def load_checkpoint(acc: Any, ckpt: Path, strategy: Any) -> tuple[dict, torch.Te
     acc.load_state(str(ckpt / "accelerate"), load_kwargs={"weights_only": True})
     rank = acc.process_index
     meta = read_json(ckpt / f"strategy_{rank}.json")["state"]
-    load_strategy_state(strategy, meta, load_tensors(ckpt / f"strategy_{rank}.safetensors"))
+    strategy.load_task_state(meta, load_tensors(ckpt / f"strategy_{rank}.safetensors"))
     loop = read_json(ckpt / "loop.json")
     return loop, load_tensors(ckpt / "loop.safetensors")["epoch_generator"]

@@ -23,7 +23,7 @@ import torch
 import yaml
 from accelerate.utils import set_seed
 
-from cmcl.config import method_params
+from cmcl.config import method_params, task_spec
 from cmcl.evaluate import load_split, score_task
 from cmcl.io import atomic_path, write_json
 from cmcl.losses import resolve
@@ -145,7 +145,7 @@ class ChainRunner:
         self.tmp = Path(tempfile.mkdtemp(prefix="cmcl-sweep-"))
 
     def tasks(self) -> list[dict]:
-        return [{"name": t, **self.params["tasks"][t]} for t in sweep_tasks(self.params)]
+        return [task_spec(self.params, t) for t in sweep_tasks(self.params)]
 
     def _first_step_key(self, cfg: Mapping) -> str | None:
         cls = discover()[self.method]
