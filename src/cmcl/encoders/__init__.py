@@ -1,19 +1,22 @@
 """Frozen encoders: raw modality payloads -> fixed feature vectors (the paper's setting).
 
 Each encoder declares its modality, output dim and an `encode(payloads)` over a batch. Large
-pretrained encoders (`cmcl.encoders.hf`: Hugging Face CLIP and text models) plug in the same
-way, loaded only from local paths.
+pretrained encoders (`cmcl.encoders.hf`: Hugging Face CLIP, SigLIP, CLAP, X-CLIP and text
+models) plug in the same way, loaded only from local paths. Payloads are read through
+`cmcl.encoders.payloads`, so a file of the wrong kind is named for what it is.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from cmcl.encoders.payloads import read_image, read_text, wrong_kind
+
 ENCODERS: dict[str, Callable[[], Encoder]] = {}
+HF_KINDS = ("hf", "hf-clip", "hf-siglip", "hf-clap", "hf-xclip")  # specs served by encoders.hf
 
 
 class Encoder:
@@ -41,8 +44,11 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
     refuse a modality it cannot encode before any data is read.
     """
     name, _, path = spec.partition(":")
-    if name in ("hf", "hf-clip"):
+    # checkpoint families live in their own modules, imported (and registered) on first use
+    if name in HF_KINDS:
         from cmcl.encoders import hf  # noqa: F401  (registers; imports transformers lazily)
+    if name == "imagebind":
+        from cmcl.encoders import imagebind  # noqa: F401  (registers; torch imported lazily)
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder '{spec}'; known: {sorted(ENCODERS)} (checkpoint "
                          "encoders as 'hf-clip:/path/to/folder' or 'hf:/path/to/folder')")
@@ -52,6 +58,8 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
             raise ValueError(f"encoder '{spec}': give the checkpoint's local folder, "
                              f"e.g. '{name}:/models/my-model'")
         return cls(spec, path, modality)
+    if getattr(cls, "takes_option", False):  # built-ins with a parameter: pixels:32x32
+        return cls(path)
     if path and name != "precomputed":  # precomputed:<encoder> only records the source
         raise ValueError(f"encoder '{spec}': '{name}' takes no path")
     return cls()
@@ -70,6 +78,9 @@ class Precomputed(Encoder):
     def encode(self, payloads, where):
         from cmcl.shards import load_npy
 
+        for p, w in zip(payloads, where, strict=True):
+            if msg := wrong_kind(w, "precomputed", "a feature-row .npy", p, "array"):
+                raise ValueError(msg)
         out = [load_npy(p, w).astype(np.float32).reshape(-1)
                for p, w in zip(payloads, where, strict=True)]
         if len({x.shape for x in out}) > 1:
@@ -79,21 +90,52 @@ class Precomputed(Encoder):
 
 @register_encoder("pixels")
 class Pixels(Encoder):
-    """8x8 grey levels in [0, 1]: the digits are small enough to be their own feature."""
+    """Grey levels in [0, 1], row-major: `pixels` at the images' own size, `pixels:WxH` or
+    `pixels:N` (N x N) resized with PIL's bilinear filter (antialiased when shrinking).
 
-    modality, dim = "image", 64
+    Why no default size: the digits (8x8) are small enough to be their own feature, and a
+    silent resize (it used to shrink everything to 8x8) hides a corpus mix-up. At the own size
+    every image an encoder instance sees (one embed run: a task's split) must share the first
+    one's size, else the error names the image, its size and the expected size.
+    """
+
+    modality, dim = "image", 64  # class dim: the digits' 8x8; an instance's follows its size
+    takes_option = True
+
+    def __init__(self, option: str = "") -> None:
+        self.spec = f"pixels:{option}" if option else "pixels"
+        self.resize = _size(self.spec, option) if option else None
+        self.size, self.first = self.resize, ""  # (width, height); the sample that set it
+        if self.size:
+            self.dim = self.size[0] * self.size[1]
 
     def encode(self, payloads, where):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         out = []
         for p, w in zip(payloads, where, strict=True):
-            try:
-                img = Image.open(io.BytesIO(p)).convert("L").resize((8, 8), Image.BILINEAR)
-            except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"{w}: unreadable image ({e})") from None
+            img = read_image(p, w, self.spec, "L")
+            if self.resize:
+                img = img.resize(self.resize, Image.BILINEAR)
+            elif self.size is None:
+                self.size, self.first, self.dim = img.size, w, img.size[0] * img.size[1]
+            elif img.size != self.size:
+                (W, H), (w0, h0) = img.size, self.size
+                raise ValueError(f"{w}: encoder 'pixels' got a {W}x{H} image, expected "
+                                 f"{w0}x{h0} (the size of {self.first}): at the images' own "
+                                 f"size all must match; resize with 'pixels:{w0}x{h0}'")
             out.append(np.asarray(img, dtype=np.float32).reshape(-1) / 255.0)
         return np.stack(out)
+
+
+def _size(spec: str, option: str) -> tuple[int, int]:
+    """(width, height) from 'WxH' or 'N'; anything else is an error naming the spec."""
+    parts = option.lower().split("x")
+    if len(parts) in (1, 2) and all(s.isdigit() and 0 < int(s) <= 4096 for s in parts):
+        w, h = int(parts[0]), int(parts[-1])
+        return w, h
+    raise ValueError(f"encoder '{spec}': give the size as <width>x<height> or <side> "
+                     "(1..4096), e.g. 'pixels:32x32' or 'pixels:32'")
 
 
 @register_encoder("mfcc_stats")
@@ -107,6 +149,8 @@ class MfccStats(Encoder):
 
         out = []
         for p, w in zip(payloads, where, strict=True):
+            if msg := wrong_kind(w, "mfcc_stats", "a (frames, 13) MFCC .npy", p, "array"):
+                raise ValueError(msg)
             x = load_npy(p, w)
             if x.ndim != 2 or x.shape[1] != 13 or len(x) == 0:
                 raise ValueError(f"{w}: expected an MFCC array of shape (frames>0, 13), "
@@ -132,6 +176,9 @@ class MiniLM(Encoder):
         self.model = load_model(device="cpu")
 
     def encode(self, payloads, where):
-        texts = [p.decode() if isinstance(p, bytes) else str(p) for p in payloads]
+        texts = [read_text(p, w, "minilm") for p, w in zip(payloads, where, strict=True)]
         return self.model.encode(texts, batch_size=256, convert_to_numpy=True,
                                  show_progress_bar=False).astype(np.float32)
+
+
+from cmcl.encoders import audio  # noqa: E402,F401  (registers logmel; numpy only at import)
