@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -23,9 +22,8 @@ from tqdm import tqdm
 from cmcl import tario
 from cmcl.corpora import Sample, open_corpus
 from cmcl.io import atomic_dir, atomic_path, read_json, write_json
-from cmcl.tario import npy_bytes  # noqa: F401  (re-exported: embed and importers use it)
+from cmcl.tario import KEY_OK, npy_bytes, tar_key  # noqa: F401  (re-exported: importers)
 
-KEY_OK = re.compile(r"[^A-Za-z0-9_+-]")
 Pair = tuple[str, int | None, dict]
 
 
@@ -87,20 +85,33 @@ def _cap(pairs: Iterable[Pair], max_per_class: int | None) -> Iterator[Pair]:
 
 def write_shards(out_dir: str | Path, records: Iterable[dict], samples_per_shard: int,
                  prefix: str = "", max_shard_bytes: int | None = None,
-                 split: str | None = None) -> dict[str, int]:
+                 split: str | None = None, where: str | None = None) -> dict[str, int]:
     """Write WebDataset tars `<prefix>NNNNNN.tar` + sizes.json + index.parquet into `out_dir`.
 
     A tar rolls over after `samples_per_shard` samples or before the sample that would make it
     exceed `max_shard_bytes` (a single larger sample gets a tar of its own). The bytes depend
     only on the records (mtime 0), so the same input gives byte-identical shards.
     Callers wrap this in `atomic_dir`, so the folder appears only once complete.
+    Two records with one `__key__` (a duplicate id, or ids equal once made tar-safe) are an
+    error naming both ids and `where`: a tar reader would merge or confuse them.
     """
     out_dir = Path(out_dir)
     sizes: dict[str, int] = {}
     index: list[tuple] = []
     tar: tario.TarOut | None = None
     name = ""
+    seen: dict[str, str | None] = {}  # key -> corpus id of the record that took it
     for rec in records:
+        key, prov = rec["__key__"], _provenance(rec)
+        sid = key if prov[0] is None else prov[0]
+        if key in seen:
+            first = seen[key]
+            what = (f"sample id {sid!r} appears twice" if first == sid else
+                    f"sample ids {first!r} and {sid!r} collide as the tar key {key!r} "
+                    "(characters outside [A-Za-z0-9_+-] become '_')")
+            raise ValueError(f"{where or out_dir}: {what}; ids must be unique (also once "
+                             "made tar-safe)")
+        seen[key] = sid
         chunks = tario.record_bytes(tario.encode(rec))
         nbytes = sum(len(c) for c in chunks)
         full = tar is not None and (
@@ -114,7 +125,7 @@ def write_shards(out_dir: str | Path, records: Iterable[dict], samples_per_shard
             tar, sizes[name] = tario.TarOut(out_dir / name), 0
         offset, span = tar.add(chunks)
         sizes[name] += 1
-        index.append((rec["__key__"], *_provenance(rec), name, offset, span))
+        index.append((key, *prov, name, offset, span))
     if tar is not None:
         tar.close()
     write_json(out_dir / "sizes.json", sizes)
@@ -178,7 +189,7 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
 
     def records(pairs: Iterable[Pair]) -> Iterator[dict]:
         for key, label, data in pairs:
-            rec = {"__key__": KEY_OK.sub("_", key), "json": {"id": key, "label": label}}
+            rec = {"__key__": tar_key(key), "json": {"id": key, "label": label}}
             if label is not None:
                 rec["cls"] = label
             for m, (ext, payload) in data.items():
@@ -189,7 +200,8 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
                        corpus.get("seed", 0), max_per_class)
     with atomic_dir(out_dir) as tmp:
         n = sum(write_shards(tmp, records(pairs), samples_per_shard, "", max_shard_bytes,
-                             split).values())
+                             split, f"task '{task['name']}': split '{split}' of corpus "
+                             f"'{task['corpus']}'").values())
         if not n:
             raise ValueError(f"task '{task['name']}': split '{split}' of corpus "
                              f"'{task['corpus']}' has no sample with both {task['modalities']}")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import mmap
 import os
+import re
 import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 
 BLOCK, RECORD = 512, 10240  # tar block; archives are padded to a 20-block record (tar -b20)
 NUL = b"\0"
+# characters a sample key may hold; others become "_" (`tar_key`), so ids must stay distinct
+KEY_OK = re.compile(r"[^A-Za-z0-9_+-]")
 TEXT_EXT = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id"})
 
 
@@ -53,6 +56,11 @@ def encode(rec: Mapping[str, Any]) -> list[tuple[str, bytes]]:
             raise ValueError(f"sample '{key}': no encoding for '{k}' ({type(v).__name__})")
         out.append((f"{key}.{k}", bytes(v)))
     return out
+
+
+def tar_key(sample_id: str) -> str:
+    """The tar key of a sample id: '.' would split it into suffixes, '/' into folders."""
+    return KEY_OK.sub("_", sample_id)
 
 
 def header(name: str, size: int) -> bytes:
@@ -141,7 +149,11 @@ def members(buf, where: str, start: int = 0, end: int | None = None
     A bad checksum, an unparsable size or a member running past the end is a corrupt tar and
     an error naming it; PAX (`x`) and GNU long-name (`L`) headers supply long member names.
     """
+    whole = end is None
     end = len(buf) if end is None else end
+    if end > len(buf):  # a byte range from index.parquet that the file no longer holds
+        raise ValueError(f"{where}: truncated tar (the index expects {end} bytes, the file "
+                         f"has {len(buf)})")
     pos, long_name = start, None
     while pos + BLOCK <= end:
         hdr = buf[pos:pos + BLOCK]
@@ -169,6 +181,8 @@ def members(buf, where: str, start: int = 0, end: int | None = None
             yield name, data, size
     if pos < end:
         raise ValueError(f"{where}: truncated tar (the header at byte {pos} is cut short)")
+    if whole and pos > 0:  # a cut on a block boundary drops whole samples without a trace
+        raise ValueError(f"{where}: truncated tar (no end-of-archive blocks after byte {pos})")
 
 
 def _name(hdr: bytes) -> str:
@@ -214,6 +228,9 @@ def samples(buf, where: str, start: int = 0, end: int | None = None
             if key is not None:
                 yield key, parts
             key, parts = k, {}
+        if suffix in parts:  # two records with one key would merge into one sample
+            raise ValueError(f"{where}: member '{name}' appears twice: two samples share the "
+                             f"key '{k}'; refusing this tar")
         parts[suffix] = (data, size)
     if key is not None:
         yield key, parts

@@ -8,7 +8,7 @@ samples, so a new dataset layout is one new adapter module registered here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,22 @@ class CorpusInfo:
     modalities: dict[str, str]  # modality -> "inline" | "file"
     classes: list[str] | None = None
     templates: list[str] | None = None
+
+
+def disjoint_splits(ids_by_split: Mapping[str, Iterable[str]], where: str) -> None:
+    """Refuse ids that sit in more than one split (train/test overlap), naming a few."""
+    home: dict[str, str] = {}
+    shared: dict[str, list[str]] = {}
+    for split, ids in ids_by_split.items():
+        for sid in ids:
+            other = home.setdefault(sid, split)
+            if other != split:
+                shared.setdefault(sid, [other]).append(split)
+    if shared:
+        few = ", ".join(f"{sid!r} ({' and '.join(dict.fromkeys(s))})"
+                        for sid, s in list(shared.items())[:5])
+        raise ValueError(f"{where}: {len(shared)} sample id(s) are in more than one split "
+                         f"(train/test overlap), e.g. {few}; each sample belongs to one split")
 
 
 # samples(split=None, workers=1): the corpus's samples, only those of `split` if given, built

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cmcl.corpora import CorpusInfo, Sample, register_adapter
+from cmcl.corpora import CorpusInfo, Sample, disjoint_splits, register_adapter
 from cmcl.corpora.media import SampleError, iterate, take_options
 from cmcl.io import atomic_dir, save_tensors, write_json
 from cmcl.shards import KEY_OK, npy_bytes, write_shards
@@ -60,6 +60,12 @@ def read_h5(h5_path: str | Path) -> Iterator[tuple[str, Any]]:
         for key in sorted(f.keys()):
             item = f[key]
             yield TENSOR_WRAP.sub(r"\1", key), item[()] if isinstance(item, h5py.Dataset) else None
+
+
+def h5_ids(h5_path: Path) -> list[str]:
+    """The sample ids of an HDF5 feature file, without reading the arrays."""
+    with _h5py().File(h5_path, "r") as f:
+        return [TENSOR_WRAP.sub(r"\1", key) for key in f.keys()]
 
 
 def check_row(where: str, sid: str, x: Any, n_rows: int) -> np.ndarray:
@@ -261,6 +267,9 @@ def import_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
     """One task split from a params corpus entry (adapter features_h5) to feature shards."""
     path, name = Path(corpus["path"]), task["corpus"]
     opts = resolve(name, path, corpus.get("options") or {})
+    files = {s: h5_file(path, opts, s) for s in opts["splits"]}
+    disjoint_splits({s: h5_ids(f) for s, f in files.items() if f.is_file()},
+                    f"corpus '{name}' ({', '.join(str(f) for f in files.values())})")
     return import_features(
         h5_file(path, opts, split), opts["modalities"], out_dir, split, task["name"],
         opts["class_path"], pair=task["modalities"], labels=opts["labels"],
@@ -293,6 +302,8 @@ def features_h5(name: str, path: Path, **options):
     for f in files.values():
         if not f.is_file():
             raise FileNotFoundError(f"corpus '{name}': feature file {f} does not exist")
+    disjoint_splits({s: h5_ids(f) for s, f in files.items()},
+                    f"corpus '{name}' ({', '.join(str(f) for f in files.values())})")
 
     def rows(split: str | None) -> Iterator[tuple]:
         for s, f in files.items():
