@@ -63,8 +63,11 @@ def test_clip_towers_encode_text_and_images_like_the_model(clip_dir):
     assert not np.allclose(got[0], got[1])
     imgs = image.encode([png(0), png(200)], ["a", "b"])
     assert imgs.shape == (2, 8) and not np.allclose(imgs[0], imgs[1])
-    with pytest.raises(ValueError, match="b: unreadable image"):
+    with pytest.raises(ValueError, match=r"b: encoder 'hf-clip:.*' expects an image file .*; "
+                                         r"this is a text file: use `minilm`"):
         image.encode([png(0), b"not a png"], ["a", "b"])
+    with pytest.raises(ValueError, match="b: unreadable image"):
+        image.encode([png(0), png(9)[:40]], ["a", "b"])
 
 
 def test_embed_with_clip_and_minilm_free_text_encoder(corpus, tmp_path, clip_dir):

@@ -51,6 +51,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     """Validate and return a defaults-filled copy; raise ParamsError naming the bad key."""
     from cmcl.catalog import methods as catalog
     from cmcl.catalog import resolve_options
+    from cmcl.corpora import task_class_problems
     from cmcl.encoders import ENCODERS
 
     schema = load_schema(schema_path)
@@ -109,6 +110,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
         if not c.get("builtin") and not Path(c["path"]).is_dir():
             problems.append(f"corpora.{name}.path: folder '{c['path']}' does not exist "
                             "(and no `builtin` corpus is named to create it)")
+    problems += task_class_problems(params)  # names -> indices; out-of-range refused
     for m, enc in params["embed"]["encoders"].items():
         if enc in ENCODERS and ENCODERS[enc].modality not in (m, "*"):
             problems.append(f"embed.encoders.{m}: encoder '{enc}' encodes "

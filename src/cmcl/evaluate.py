@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cmcl.corpora import resolve_classes
 from cmcl.io import atomic_path, load_tensors
 from cmcl.losses import resolve
 from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
@@ -51,7 +52,9 @@ def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: Mapping,
                             subset_size=ec.get("subset_size", 1000), seed=ec.get("seed", 0))
     ct = data.get("prompts")
     if ct is not None and has_text and (labels >= 0).all():
-        keep = torch.tensor(sorted(task["classes"])) if task.get("classes") else ct["class_ids"]
+        keep = ct["class_ids"] if not task.get("classes") else torch.tensor(sorted(
+            resolve_classes(task["classes"], data.get("meta", {}).get("classes"),
+                            f"tasks.{task['name']}.classes")))  # names, if unresolved at start
         prompts = ct["prompts"][keep]  # (C, templates, d_text)
         pe = embed(fn, "text", prompts.reshape(-1, prompts.shape[-1]), bs, True)
         cls = F.normalize(pe.reshape(len(keep), -1, pe.shape[-1]).mean(1), dim=-1)

@@ -51,7 +51,7 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
         from cmcl.encoders import imagebind  # noqa: F401  (registers; torch imported lazily)
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder '{spec}'; known: {sorted(ENCODERS)} (checkpoint "
-                         "encoders as 'hf-clip:/path/to/folder' or 'hf:/path/to/folder')")
+                         f"encoders as '<kind>:/path/to/folder', kind one of {list(HF_KINDS)})")
     cls = ENCODERS[name]
     if getattr(cls, "takes_path", False):
         if not path:
