@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmcl import tario
-from cmcl.corpora import Sample, open_corpus
+from cmcl.corpora import Sample, open_corpus, resolve_classes
 from cmcl.io import atomic_dir, atomic_path, read_json, write_json
 from cmcl.tario import KEY_OK, npy_bytes, tar_key  # noqa: F401  (re-exported: importers)
 
@@ -177,6 +177,9 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
         if m not in info.modalities:
             raise ValueError(f"task '{task['name']}': corpus '{task['corpus']}' has no modality "
                              f"'{m}' (it has {sorted(info.modalities)})")
+    if task.get("classes"):  # names (or indices of adapters unknown at start-up) -> indices
+        task = {**task, "classes": resolve_classes(task["classes"], info.classes,
+                                                   f"tasks.{task['name']}.classes")}
     rejected: list[dict] = []
 
     def good(stream: Iterable[Sample]) -> Iterator[Sample]:

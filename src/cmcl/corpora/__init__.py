@@ -8,7 +8,7 @@ samples, so a new dataset layout is one new adapter module registered here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,78 @@ def disjoint_splits(ids_by_split: Mapping[str, Iterable[str]], where: str) -> No
                         for sid, s in list(shared.items())[:5])
         raise ValueError(f"{where}: {len(shared)} sample id(s) are in more than one split "
                          f"(train/test overlap), e.g. {few}; each sample belongs to one split")
+
+
+# class names of the builtin corpora, known before they are materialised: the torch-free
+# Snakefile parse resolves task classes with them (cmcl.corpora.builtin imports torch)
+BUILTIN_CLASSES = {"digits": ["zero", "one", "two", "three", "four", "five", "six", "seven",
+                              "eight", "nine"]}
+
+
+def resolve_classes(wanted: Sequence[int | str], classes: Sequence[str] | None,
+                    where: str) -> list[int]:
+    """A task's `classes` (indices or class names) as indices into the corpus's `classes`.
+
+    An integer is an index (checked against the class list when there is one); a string is a
+    class name, which needs the class list. `where` names the key (`tasks.<name>.classes`).
+    """
+    names = list(classes) if classes is not None else None
+    allowed = (f"the corpus's classes are {names} (indices 0..{len(names) - 1})" if names
+               else "the corpus declares no class list, so only indices are possible")
+    out = []
+    for c in wanted:
+        if isinstance(c, str):
+            if not names or c not in names:
+                raise ValueError(f"{where}: {c!r} is not a class name; {allowed}")
+            out.append(names.index(c))
+        elif isinstance(c, bool) or not isinstance(c, int):
+            raise ValueError(f"{where}: {c!r} is neither a class index nor a class name")
+        elif c < 0 or (names is not None and c >= len(names)):
+            raise ValueError(f"{where}: {c} is outside the class list; {allowed}")
+        else:
+            out.append(c)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where}: {list(wanted)} names a class twice (as indices {out})")
+    return out
+
+
+def startup_classes(corpus: Mapping) -> tuple[bool, list[str] | None]:
+    """(known, class list) of a params corpus entry before any job runs: a builtin's names,
+    or a generic corpus's corpus.json; other adapters are resolved when sharding."""
+    import json
+
+    if corpus.get("builtin") in BUILTIN_CLASSES:
+        return True, BUILTIN_CLASSES[corpus["builtin"]]
+    folder = Path(corpus["path"])
+    if corpus.get("adapter", "generic") != "generic" or not folder.is_dir():
+        return False, None
+    meta_file = folder / "corpus.json"
+    if not meta_file.exists():
+        return True, None
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_file}: not valid JSON ({e.msg})") from None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    return True, classes
+
+
+def task_class_problems(params: dict) -> list[str]:
+    """Resolve every task's `classes` to indices in place, where the class list is known at
+    start-up; one message per task whose classes are unknown names or out of range."""
+    problems = []
+    for name, task in params["tasks"].items():
+        corpus = params["corpora"].get(task["corpus"])
+        if not task.get("classes") or corpus is None:
+            continue
+        try:
+            known, classes = startup_classes(corpus)
+            if known:
+                task["classes"] = resolve_classes(task["classes"], classes,
+                                                  f"tasks.{name}.classes")
+        except ValueError as e:
+            problems.append(str(e))
+    return problems
 
 
 # samples(split=None, workers=1): the corpus's samples, only those of `split` if given, built

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cmcl.corpora import BUILTIN_CLASSES
 from cmcl.io import atomic_dir
 
-NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+NAMES = BUILTIN_CLASSES["digits"]  # listed in cmcl.corpora, where start-up reads it
 TEMPLATES = ["the digit {}", "the number {}", "a {}", "{}", "it is a {}"]
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cmcl.corpora import CorpusInfo, Sample, disjoint_splits, register_adapter
+from cmcl.corpora import CorpusInfo, Sample, disjoint_splits, register_adapter, resolve_classes
 from cmcl.corpora.media import SampleError, iterate, take_options
 from cmcl.io import atomic_dir, save_tensors, write_json
 from cmcl.shards import KEY_OK, npy_bytes, write_shards
@@ -195,7 +195,8 @@ def import_features(h5_path: str | Path, modalities: Sequence[str], out_dir: str
                          "`classes`)")
     label_of = _labeler(where, list(classes or []), labels, label_regex)
     rows = [list(modalities).index(m) for m in pair]
-    keep = set(keep_classes) if keep_classes else None
+    keep = set(resolve_classes(keep_classes, classes if label_of else None,
+                               f"{where}: tasks.{task_name}.classes")) if keep_classes else None
     kept: list[tuple[str, int | None, np.ndarray]] = []
     counts: dict[int | None, int] = {}
     for sid, raw in read_h5(h5_path):
