@@ -2,10 +2,13 @@
 # The DAG lives here only; dvc.yaml calls these targets. Settings: params.yaml (override with
 # `snakemake --configfile my.yaml`), cluster settings: pipeline/profiles/.
 
-from cmcl.config import check
+from cmcl.config import check, compose
 
 configfile: "params.yaml"
 
+if workflow.overwrite_configfiles:
+    # --configfile files merge over params.yaml unless one says `extends` (null: run alone)
+    config = compose(workflow.overwrite_configfiles, extra=workflow.config_settings.config)
 config = check(config, "pipeline/schemas/params.schema.yaml", source="params.yaml")
 
 

@@ -101,7 +101,7 @@ def test_cli_methods_lists_the_registry(capsys):
     assert "dns" in out and "finetune" in out and "arXiv:2503.14963" in out
 
 
-def _reference_loader(tensors, batch_size, gen):
+def _reference_loader(tensors, batch_size, gen, drop_last=True):
     """The loader fit_tasks used before batch gathering: per-sample TensorDataset + collation."""
     from torch.utils.data import DataLoader, TensorDataset
 

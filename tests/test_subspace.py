@@ -215,18 +215,41 @@ def make_state(faithful: bool = False) -> SubspaceState:
     return s
 
 
-def test_faithful_counts_shrinks_late_modality():
+def test_faithful_counts_follow_the_authors_rule():
+    """a is in task 1 only, b in both, c in task 2 only (100 then 50 pairs)."""
     fixed, faithful = make_state(), make_state(faithful=True)
     assert fixed.global_count == faithful.global_count == 150
     assert fixed.in_cov["c"].count == 50
-    total = fixed.in_cov["c"].total
-    torch.testing.assert_close(fixed.covariance("c", "in"), total / 50)
-    torch.testing.assert_close(faithful.covariance("c", "in"), total / 150)
+    total = {m: fixed.in_cov[m].total for m in "abc"}
+    torch.testing.assert_close(fixed.covariance("c", "in"), total["c"] / 50)
+    torch.testing.assert_close(fixed.covariance("a", "in"), total["a"] / 100)
+    # authors: c first seen late is divided by all pairs so far; b is rescaled in task 2
+    torch.testing.assert_close(faithful.covariance("c", "in"), total["c"] / 150)
+    torch.testing.assert_close(faithful.covariance("b", "in"), total["b"] / 150)
     torch.testing.assert_close(faithful.covariance("b", "out"), fixed.out_cov["b"].total / 150)
-    torch.testing.assert_close(fixed.covariance("b", "out"), fixed.out_cov["b"].total / 150)
+    # ... and a, which skips task 2, keeps its task-1 scale (no rescaling by 100/150)
+    torch.testing.assert_close(faithful.covariance("a", "in"), total["a"] / 100)
+    torch.testing.assert_close(faithful.covariance("a", "out"), fixed.out_cov["a"].total / 100)
     # the same absolute threshold keeps fewer directions under the authors' bookkeeping
     assert fixed.projector("c", "in", "absolute", 0.5).rank == 4
     assert faithful.projector("c", "in", "absolute", 0.5).rank < 4
+
+
+def test_faithful_counts_match_the_authors_recursion():
+    """Three tasks where b skips task 2: the recursion C <- C N/(N+n) + S/(N+n), step by step."""
+    s = SubspaceState({"a": 3, "b": 3, "c": 3}, out_dim=2, faithful_counts=True)
+    ref = {m: torch.zeros(3, 3, dtype=torch.float64) for m in "abc"}
+    seen = 0
+    for i, (m1, m2, n) in enumerate([("a", "b", 40), ("a", "c", 25), ("b", "c", 10)]):
+        for m in (m1, m2):
+            x = torch.randn(n, 3, generator=gen(7 * i + len(m) + ord(m)), dtype=torch.float64)
+            s.update_inputs(m, x)
+            s.update_outputs(m, torch.randn(n, 2, generator=gen(i)))
+            ref[m] = ref[m] * seen / (seen + n) + x.T @ x / (seen + n)
+        seen += n
+        s.end_task(step=i + 1, task=f"{m1}-{m2}", modalities=[m1, m2], pairs=n)
+        for m in "abc":
+            torch.testing.assert_close(s.covariance(m, "in"), ref[m], rtol=1e-12, atol=1e-12)
 
 
 def test_state_errors_and_seen():

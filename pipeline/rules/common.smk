@@ -8,7 +8,7 @@ from cmcl.catalog import methods as method_catalog
 SEQUENCES = config["sequences"]  # name -> task list
 METHODS = config["train"]["methods"]
 SEEDS = config["train"]["seeds"]
-JOINT = {m for m, info in method_catalog().items() if info.joint}
+JOINT = {m for m in METHODS if method_catalog()[cmcl_config.base_method(config, m)].joint}
 BUILTIN_CORPORA = [n for n, c in config["corpora"].items() if c.get("builtin")]
 # tasks whose corpus holds pre-extracted features: imported, never sharded or embedded
 IMPORTED = [t for t, s in config["tasks"].items()
@@ -85,16 +85,21 @@ def get_train_inputs(wildcards):
 
 def get_train_cfg(wildcards):
     """Only this method's options and overrides: tuning one method never reruns another's."""
-    m = wildcards.method
-    task = cmcl_config.step_task(config, wildcards.sequence, m, int(wildcards.step))
-    cfg = cmcl_config.method_params(config, m)
+    cfg = cmcl_config.train_cfg(config, wildcards.sequence, wildcards.method,
+                                int(wildcards.step))
     # how often a step checkpoints cannot change its result: passed outside the params trigger
-    cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "checkpoint_every"}
-    return as_json({**cfg, "methods": {m: config["methods"].get(m, {})}, "task": task})
+    train = cmcl_config.identity_train(cfg["train"])
+    cfg["train"] = {k: v for k, v in train.items() if k != "checkpoint_every"}
+    if cfg["method"] == wildcards.method:  # the params of runs that are not variants, as before
+        del cfg["method"]
+    return as_json(cfg)
 
 
 def get_model_cfg(wildcards):
-    return as_json({"model": config["model"]})
+    cfg = {"model": config["model"]}
+    if cmcl_config.base_method(config, wildcards.method) != wildcards.method:
+        cfg |= cmcl_config.strategy_cfg(config, wildcards.method)  # a variant: its method
+    return as_json(cfg)
 
 
 def get_eval_features(wildcards):

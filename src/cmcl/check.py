@@ -28,17 +28,18 @@ CHECKED = ("map_final_avg", "map_bwt", "r10_final_avg", "zs_acc_final_avg")
 def fingerprint(params: Mapping, sequence: str, method: str) -> str:
     """Hash of everything that determines `method`'s numbers on `sequence` (not the other
     methods' options, not the other sequences)."""
-    from cmcl.config import method_params, task_spec
+    from cmcl.config import base_method, identity_train, method_params, run_options, task_spec
 
     def kept(section: str, values: Mapping | None) -> Mapping | None:
         skip = NOT_RESULTS.get(section, ())
         return values if values is None else {k: v for k, v in values.items() if k not in skip}
 
-    train = kept("train", method_params(params, method)["train"])
+    train = kept("train", identity_train(method_params(params, method)["train"]))
     tasks = [task_spec(params, t) for t in params["sequences"][sequence]]
     blob = {**{k: kept(k, params.get(k)) for k in RESULT_SECTIONS}, "tasks": tasks,
-            "train": train,
-            "options": params.get("methods", {}).get(method, {}), "method": method}
+            "train": train, "options": run_options(params, method), "method": method}
+    if base_method(params, method) != method:  # a variant: which method it runs counts too
+        blob["base"] = base_method(params, method)
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

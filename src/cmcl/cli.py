@@ -72,9 +72,9 @@ def _train_cfg(a) -> dict:
         return a.cfg
     if a.params is None:
         raise SystemExit("train: give --cfg (JSON) or --params (a params.yaml)")
-    from cmcl.config import load, method_params, step_task
+    from cmcl.config import load, train_cfg
 
-    p = load(a.params)
+    p = load(a.params, as_configfile=True)
     seq = a.sequence or next(iter(p["sequences"]))
     if seq not in p["sequences"]:
         raise SystemExit(f"train: --sequence {seq} is not declared in {a.params} "
@@ -82,8 +82,7 @@ def _train_cfg(a) -> dict:
     if not 1 <= a.step <= len(p["sequences"][seq]):
         raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequences'][seq])} of "
                          f"sequence '{seq}' in {a.params}")
-    task = step_task(p, seq, a.method, a.step)
-    return {**method_params(p, a.method), "methods": p["methods"], "task": task}
+    return train_cfg(p, seq, a.method, a.step)
 
 
 def cmd_train(a) -> None:
@@ -190,10 +189,10 @@ def cmd_methods(a) -> None:
 def cmd_validate(a) -> None:
     from cmcl.config import load
 
-    p = load(a.params)
+    p = load(a.params, as_configfile=True)
     seqs = ", ".join(f"{s} ({len(t)} tasks)" for s, t in p["sequences"].items())
-    print(f"{a.params}: ok (sequences {seqs}; methods {p['train']['methods']}; "
-          f"seeds {p['train']['seeds']})")
+    print(f"{a.params}: ok as `snakemake --configfile {a.params}` runs it (sequences {seqs}; "
+          f"methods {p['train']['methods']}; seeds {p['train']['seeds']})")
 
 
 def parser() -> argparse.ArgumentParser:

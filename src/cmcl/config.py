@@ -61,14 +61,23 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     if errors:
         lines = [f"  {_path(e)}: {e.message}" for e in errors[:10]]
         raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(lines))
+    params["train"] = expand_preset(params["train"])
+    train_defaults = {k: v.get("default")
+                      for k, v in schema["properties"]["train"]["properties"].items()}
+    for sect in (*params.get("overrides", {}).values(), *params.get("variants", {}).values()):
+        if "train" in sect:
+            sect["train"] = expand_preset(sect["train"], train_defaults)
     _defaults(schema, params, schema)
 
     problems = []
     methods = catalog()
+    variants = params["variants"]
+    runs = {**methods, **{v: methods.get(spec["method"]) for v, spec in variants.items()}}
     for i, m in enumerate(params["train"]["methods"]):
-        if m not in methods:
+        if m not in runs:
             problems.append(f"train.methods[{i}]: '{m}' is not a registered method "
-                            f"({sorted(methods)})")
+                            f"({sorted(methods)}) or variant ({sorted(variants)})")
+    problems += _warmup_problems("train", params["train"])
     for m, opts in params["methods"].items():
         if m not in methods:
             problems.append(f"methods.{m}: options for an unregistered method "
@@ -96,16 +105,41 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
         if len(set(names)) != len(names):
             problems.append(f"sequences.{seq}: a task appears twice")
     train_schema = schema["properties"]["train"]
+    for v, spec in variants.items():
+        where = f"variants.{v}"
+        if v in methods:
+            problems.append(f"{where}: '{v}' is a registered method; name the variant otherwise")
+        if spec["method"] not in methods:
+            problems.append(f"{where}.method: '{spec['method']}' is not a registered method "
+                            f"({sorted(methods)})")
+            continue
+        base_opts = params["methods"].get(spec["method"], {})
+        try:
+            spec["options"] = resolve_options(methods[spec["method"]],
+                                              {**base_opts, **spec["options"]},
+                                              f"{where}.options")
+        except ValueError as e:
+            problems.extend(line.strip() for line in str(e).splitlines()[1:])
+        for key in ("methods", "seeds"):
+            if key in spec["train"]:
+                problems.append(f"{where}.train.{key}: the experiment matrix is global; "
+                                "set it under train")
+        merged = {**params["train"], **spec["train"]}
+        for e in jsonschema.Draft202012Validator(train_schema).iter_errors(merged):
+            problems.append(f"{where}.train.{_path(e)}: {e.message}")
+        problems += _warmup_problems(f"{where}.train", merged)
     for m, o in params["overrides"].items():
-        if m not in methods:
-            problems.append(f"overrides.{m}: not a registered method ({sorted(methods)})")
+        if m not in runs:
+            problems.append(f"overrides.{m}: not a registered method ({sorted(methods)}) "
+                            f"or variant ({sorted(variants)})")
         for key in ("methods", "seeds"):
             if key in o.get("train", {}):
                 problems.append(f"overrides.{m}.train.{key}: the experiment matrix is global; "
                                 "set it under train")
-        merged = {**params["train"], **o.get("train", {})}
+        merged = {**params["train"], **variants.get(m, {}).get("train", {}), **o.get("train", {})}
         for e in jsonschema.Draft202012Validator(train_schema).iter_errors(merged):
             problems.append(f"overrides.{m}.train.{_path(e)}: {e.message}")
+        problems += _warmup_problems(f"overrides.{m}.train", merged)
     for name, c in params["corpora"].items():
         if not c.get("builtin") and not Path(c["path"]).is_dir():
             problems.append(f"corpora.{name}.path: folder '{c['path']}' does not exist "
@@ -142,7 +176,80 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     return params
 
 
-def load(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:
+# train presets: values filled in for the keys a train section does not give
+TRAIN_PRESETS = {
+    # the Hugging Face Trainer's defaults, which the DNS authors' training.py runs under
+    "paper": {"lr_schedule": "linear", "warmup_steps": 0, "decay_biases": False,
+              "drop_last": False},
+    "default": {},
+}
+
+
+def expand_preset(train: Mapping, defaults: Mapping | None = None) -> dict:
+    """A train section with its preset's values for the keys it does not set itself.
+
+    The shared section (`defaults` None) gets the preset's keys; schema defaults fill the rest
+    later. An override or variant section that names a preset gets every preset-controlled key
+    it does not set (the preset's value, or the schema default for `preset: default`), so it
+    can switch presets by itself; one that names none inherits the shared section's keys.
+    """
+    out = dict(train)
+    preset = TRAIN_PRESETS.get(out.get("preset", "default"), {})
+    if defaults is None:
+        for key, value in preset.items():
+            out.setdefault(key, value)
+    elif "preset" in out:
+        for key in {k for p in TRAIN_PRESETS.values() for k in p}:
+            out.setdefault(key, preset.get(key, defaults.get(key)))
+    return out
+
+
+# train keys added after results were recorded, at the values that reproduce the earlier
+# behaviour: left out of result identities (the train rule's params trigger, check
+# fingerprints), so adding them neither reruns finished steps nor voids expected results
+NEUTRAL_TRAIN = {"preset": "default", "drop_last": True, "lr_schedule": "constant",
+                 "warmup_steps": 0, "warmup_fraction": 0, "decay_biases": True}
+
+
+def identity_train(train: Mapping) -> dict:
+    """A train section without the keys that sit at their neutral value (NEUTRAL_TRAIN)."""
+    return {k: v for k, v in train.items()
+            if not (k in NEUTRAL_TRAIN and v == NEUTRAL_TRAIN[k])}
+
+
+def _warmup_problems(where: str, train: Mapping) -> list[str]:
+    if train.get("warmup_steps") and train.get("warmup_fraction"):
+        return [f"{where}: give warmup_steps or warmup_fraction, not both"]
+    return []
+
+
+def base_method(params: Mapping, run: str) -> str:
+    """The registered method a member of train.methods runs (itself, or its variant's)."""
+    return params.get("variants", {}).get(run, {}).get("method", run)
+
+
+def run_options(params: Mapping, run: str) -> dict:
+    """The options `run` trains with: its variant's (merged over the method's), or the
+    method's own."""
+    variant = params.get("variants", {}).get(run)
+    return dict(variant["options"]) if variant else dict(params.get("methods", {}).get(run, {}))
+
+
+def strategy_cfg(params: Mapping, run: str) -> dict:
+    """What a job needs to build `run`'s strategy: the base method and only its options (so
+    tuning one method never reruns another)."""
+    base = base_method(params, run)
+    return {"method": base, "methods": {base: run_options(params, run)}}
+
+
+def train_cfg(params: Mapping, sequence: str, run: str, step: int) -> dict:
+    """Everything a training step of `run` reads: the --cfg of `python -m cmcl train`."""
+    return {**method_params(params, run), **strategy_cfg(params, run),
+            "task": step_task(params, sequence, run, step)}
+
+
+def read_params(path: str | Path) -> dict:
+    """One params file's top-level mapping; errors name the file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -152,6 +259,46 @@ def load(path: str | Path, schema_path: str | Path = SCHEMA) -> dict:
         raise ParamsError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at top level")
+    return raw
+
+
+def deep_merge(base: Mapping, over: Mapping) -> dict:
+    """Snakemake's --configfile merge: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def compose(files: list[str | Path], default_base: str | Path = "params.yaml",
+            extra: Mapping | None = None) -> dict:
+    """The configuration that `snakemake --configfile f1 f2 ...` runs, honouring `extends`.
+
+    Without `extends`, the files are merged over `default_base` (Snakemake's behaviour). The
+    last file that declares `extends` decides the base instead: a path (relative to the
+    working directory), or null for none, so a complete file such as a paper setting runs
+    exactly as written. `extra` (Snakemake's --config) is merged last.
+    """
+    layers = [read_params(f) for f in files]
+    declared = [layer["extends"] for layer in layers if "extends" in layer]
+    base = declared[-1] if declared else default_base
+    if base is not None and not declared and not Path(base).exists():
+        base = None  # a lone complete file validated outside the project folder
+    out = read_params(base) if base is not None else {}
+    for layer in [*layers, extra or {}]:
+        out = deep_merge(out, layer)
+    out.pop("extends", None)
+    return out
+
+
+def load(path: str | Path, schema_path: str | Path = SCHEMA, as_configfile: bool = False) -> dict:
+    """A params file, validated by itself; `as_configfile`: as `snakemake --configfile path`
+    runs it (merged over params.yaml unless it says `extends`), which the CLI verbs use."""
+    raw = compose([path]) if as_configfile else read_params(path)
+    raw.pop("extends", None)
     return check(raw, schema_path, str(path))
 
 
@@ -161,10 +308,12 @@ def task_spec(params: Mapping, name: str) -> dict:
 
 
 def method_params(params: Mapping, method: str) -> dict:
-    """model/loss/train as `method` trains with them: the shared sections plus its overrides."""
+    """model/loss/train as `method` trains with them: the shared sections, then its variant's
+    train settings, then its overrides."""
+    var = params.get("variants", {}).get(method, {}).get("train", {})
     over = params.get("overrides", {}).get(method, {}).get("train", {})
     return {"model": params["model"], "loss": params["loss"],
-            "train": {**params["train"], **over}}
+            "train": {**params["train"], **var, **over}}
 
 
 def step_task(params: Mapping, sequence: str, method: str, step: int) -> dict:
@@ -173,6 +322,6 @@ def step_task(params: Mapping, sequence: str, method: str, step: int) -> dict:
     from cmcl.catalog import methods
 
     names = params["sequences"][sequence]
-    if methods()[method].joint:
+    if methods()[base_method(params, method)].joint:
         return {"name": "joint", "tasks": [task_spec(params, t) for t in names]}
     return task_spec(params, names[step - 1])

@@ -89,11 +89,12 @@ def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
 
     normalize = resolve(cfg.get("loss", {}))["normalize"]
     rows = []
-    run = f"{meta['method']}_s{meta['seed']}"
+    name = meta.get("run", meta["method"])  # a variant's rows carry its own name
+    run = f"{name}_s{meta['seed']}"
     for task, test_dir in zip(tasks, test_dirs, strict=True):
         for metric, value in evaluate_task(model, task, test_dir, cfg.get("eval", {}),
                                            normalize, fn).items():
-            rows.append((sequence, run, meta["method"], int(meta["seed"]), int(meta["step"]),
+            rows.append((sequence, run, name, int(meta["seed"]), int(meta["step"]),
                          task["name"], metric, float(value)))
     df = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out) as tmp:

@@ -422,6 +422,10 @@ class SubspaceState:
         self.out_cov = {m: RunningCovariance(out_dim) for m in self.in_dims}
         self.global_count = 0
         self.history: list[dict] = []
+        # faithful_counts: the authors' running means per (side, modality), and the sum each
+        # was last folded from (between tasks equal to the accumulator's total)
+        self.scaled: dict[tuple[str, str], torch.Tensor] = {}
+        self.folded: dict[tuple[str, str], torch.Tensor] = {}
 
     def _acc(self, modality: str, side: str) -> RunningCovariance:
         if side not in SIDES:
@@ -439,13 +443,29 @@ class SubspaceState:
     def end_task(self, step: int, task: str, modalities: list[str], pairs: int) -> None:
         self.history.append({"step": step, "task": task, "modalities": list(modalities),
                              "pairs": pairs})
-        self.global_count += pairs
+        old, new = self.global_count, self.global_count + pairs
+        if self.faithful_counts:  # the DNS authors' update_covariance, per modality of the pair
+            for m in modalities:
+                for side in SIDES:
+                    acc, key = self._acc(m, side), (side, m)
+                    zero = torch.zeros_like(acc.total)
+                    delta = acc.total - self.folded.get(key, zero)
+                    self.scaled[key] = self.scaled.get(key, zero) * (old / new) + delta / new
+                    self.folded[key] = acc.total.clone()
+        self.global_count = new
 
     def covariance(self, modality: str, side: str) -> torch.Tensor:
-        """Mean of x xᵀ per modality; faithful_counts divides by the global pair count instead,
-        as the DNS authors do, which shrinks covariances of modalities first seen late."""
+        """Mean of x xᵀ per modality over the tasks it was in (default).
+
+        faithful_counts follows the DNS authors' code (cmcl/dns.py, update_covariance): at the
+        end of a task of n pairs, with N pairs seen before, each modality of the pair updates
+        C ← C·N/(N+n) + Σ x xᵀ/(N+n), while a modality that skips the task keeps its C as is.
+        A modality first seen late is thus shrunk by the pairs of the tasks before it.
+        """
         acc = self._acc(modality, side)
-        return acc.matrix(self.global_count if self.faithful_counts else None)
+        if self.faithful_counts:
+            return self.scaled.get((side, modality), torch.zeros_like(acc.total))
+        return acc.matrix()
 
     def projector(self, modality: str, side: str, mode: str, threshold: float) -> Projector:
         return Projector.from_covariance(self.covariance(modality, side), mode, threshold)
@@ -466,6 +486,8 @@ class SubspaceState:
             for m, n in counts.items():
                 tensors[f"{side}/{m}"] = self._acc(m, side).total
                 tensors[f"count/{side}/{m}"] = torch.tensor(n, dtype=torch.int64)
+                if (side, m) in self.scaled:
+                    tensors[f"scaled/{side}/{m}"] = self.scaled[(side, m)]
         save_tensors(directory / "subspace.safetensors", tensors)
         write_json(directory / "subspace.json", {
             "in_dims": self.in_dims, "out_dim": self.out_dim, "counts": self._counts(),
@@ -515,5 +537,13 @@ class SubspaceState:
                     raise ValueError(f"{tensor_path}: count for {key!r} disagrees with "
                                      f"{json_path.name} ({n}); files are from different saves")
                 acc.total, acc.count = total.to(torch.float64), n
+                scaled = tensors.get(f"scaled/{key}")
+                if state.faithful_counts and n > 0:
+                    if scaled is None or scaled.shape != total.shape:
+                        raise ValueError(f"{tensor_path}: no authors'-rule covariance "
+                                         f"'scaled/{key}' for faithful_counts (a state saved "
+                                         "before cmcl followed that rule): rerun the chain")
+                    state.scaled[(side, m)] = scaled.to(torch.float64)
+                    state.folded[(side, m)] = acc.total.clone()
         state.global_count, state.history = meta["global_count"], list(meta["history"])
         return state

@@ -59,11 +59,51 @@ class BatchTensors(Dataset):
 
 
 def batch_loader(tensors: tuple[torch.Tensor, ...], batch_size: int,
-                 gen: torch.Generator) -> DataLoader:
-    """Shuffled batches from `gen`; the last partial batch is dropped unless it is the only one."""
+                 gen: torch.Generator, drop_last: bool = True) -> DataLoader:
+    """Shuffled batches from `gen`; with `drop_last` the last partial batch is dropped unless it
+    is the only one (the Hugging Face Trainer keeps it: `train.drop_last: false`)."""
     return DataLoader(BatchTensors(*tensors), batch_size=batch_size, shuffle=True,
-                      generator=gen, drop_last=len(tensors[0]) > batch_size,
+                      generator=gen, drop_last=drop_last and len(tensors[0]) > batch_size,
                       collate_fn=_as_is)
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """Multiplier of train.lr at optimizer step `step` (0-based) of `total` in one task.
+
+    The formulas of transformers' get_scheduler ("constant_with_warmup", "linear", "cosine"),
+    which the Hugging Face Trainer (the DNS authors' loop) applies per `trainer.train()` call,
+    i.e. per task; tests compare against that function. Computed from the step count alone,
+    so a resumed step needs no scheduler state.
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"train.lr_schedule: unknown schedule {schedule!r} "
+                     "(constant, linear, cosine)")
+
+
+def warmup_steps(tc: dict, total: int) -> int:
+    """train.warmup_steps, or train.warmup_fraction of the task's steps rounded up (as HF)."""
+    if tc.get("warmup_fraction"):
+        return math.ceil(total * tc["warmup_fraction"])
+    return int(tc.get("warmup_steps") or 0)
+
+
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float,
+                 decay_biases: bool) -> list[dict]:
+    """AdamW groups: one, or (as the HF Trainer) no weight decay on biases and norm weights,
+    i.e. on every parameter of fewer than 2 dimensions."""
+    if decay_biases:
+        return [{"params": params, "weight_decay": weight_decay}]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def _as_is(batch: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -127,11 +167,12 @@ def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
     mc = cfg["model"]
     model = MultiHead(in_dims, mc["embed_dim"], mc.get("bias", False))
     model.reset(mc.get("init", "orthogonal"), seed)
+    base = cfg.get("method", method)  # a variant names the method it runs
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        opts = get_strategy(method, cfg).opts
-        write_json(tmp / "meta.json", {"step": 0, "task": None, "method": method, "seed": seed,
-                                       "options": opts,
+        opts = get_strategy(base, cfg).opts
+        write_json(tmp / "meta.json", {"step": 0, "task": None, "method": base, "run": method,
+                                       "seed": seed, "options": opts,
                                        "model": model.config(), "tasks_seen": [],
                                        "log": {"final_digest": weights_digest(model)}})
 
@@ -175,13 +216,16 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     loaders = []
     for c, (_, xa, xb, labels) in zip(ctxs, parts, strict=True):
         a, b = c.modalities
+        check_partial_batch(len(xa), tc, acc.num_processes, c.task)
         loaders.append(batch_loader((strategy.train_inputs(c, a, xa),
                                      strategy.train_inputs(c, b, xb), labels),
-                                    tc["batch_size"], gen))
+                                    tc["batch_size"], gen, tc.get("drop_last", True)))
     params = [p for m in mods for p in model.heads[m].parameters()]
     extra_params = strategy.trainable_parameters(ctx)
     params += extra_params
-    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
+    opt = torch.optim.AdamW(param_groups(params, tc["weight_decay"],
+                                         tc.get("decay_biases", True)),
+                            lr=tc["lr"], weight_decay=tc["weight_decay"])
     wrapped, opt, *loaders = acc.prepare(model, opt, *loaders)
     if acc.scaler is None and acc.distributed_type != DistributedType.XLA:
         # the wrapper only adds loss scaling and XLA syncing, yet looks up an optional package
@@ -208,6 +252,9 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         gen.set_state(epoch_gen)  # the shuffling of the saved epoch is replayed up to `done`
         say(f"step {step}: resuming from {ckpt} (epoch {at['epoch']}, batch {at['done']})")
     steps_per_epoch = sum(len(ld) for ld in loaders)
+    schedule, total_steps = tc.get("lr_schedule", "constant"), tc["epochs"] * steps_per_epoch
+    warmup = warmup_steps(tc, total_steps)
+    scheduled = schedule != "constant" or warmup > 0
     losses, t0 = at["losses"], time.time() - at["seconds"]  # `losses` is at["losses"]
     wrapped.train()
     for epoch in tqdm(range(at["epoch"], tc["epochs"]), initial=at["epoch"], total=tc["epochs"],
@@ -240,6 +287,10 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
             if tc.get("grad_clip"):
                 acc.clip_grad_norm_(params, tc["grad_clip"])
             strategy.before_optimizer_step(ctx)
+            if scheduled:  # per task, like one trainer.train() call of the HF Trainer
+                lr = tc["lr"] * lr_factor(schedule, at["global_step"], total_steps, warmup)
+                for g in opt.param_groups:
+                    g["lr"] = lr
             opt.step()
             strategy.after_optimizer_step(ctx)
             opt.zero_grad(set_to_none=True)
@@ -263,6 +314,16 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     return acc.unwrap_model(wrapped), log
 
 
+def check_partial_batch(n: int, tc: dict, processes: int, task: str) -> None:
+    """A kept last batch must split evenly over processes, else Accelerate would pad it with
+    repeated samples and N processes would no longer train like one."""
+    rest = n % tc["batch_size"] if n > tc["batch_size"] else 0
+    if not tc.get("drop_last", True) and rest % processes:
+        raise ValueError(f"task {task}: train.drop_last is false and the last batch of "
+                         f"{rest} pairs does not split over {processes} processes; set "
+                         "train.drop_last: true or use a process count dividing it")
+
+
 def load_strategy(step_dir: str | Path, model: MultiHead) -> Strategy:
     """The method of a saved step with its options and state (evaluation embeds through it)."""
     meta = read_json(Path(step_dir) / "meta.json")
@@ -281,7 +342,8 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
     set_seed(seed * 1000 + step, deterministic=tc.get("deterministic", True))
     model, prev_meta = load_model(prev_dir)
     start_digest = weights_digest(model)
-    strategy = get_strategy(method, cfg)
+    base = cfg.get("method", method)  # `method` may be a variant (its run name)
+    strategy = get_strategy(base, cfg)
     prev_state = Path(prev_dir) / "state"
     strategy.load_state(prev_state if prev_state.exists() else None, model)
 
@@ -318,7 +380,7 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
             strategy.save_state(tmp / "state")
             write_json(tmp / "meta.json", {
                 "model": prev_meta["model"], "step": step, "task": task["name"],
-                "method": method, "seed": seed, "options": strategy.opts,
+                "method": base, "run": method, "seed": seed, "options": strategy.opts,
                 "tasks_seen": [*prev_meta.get("tasks_seen", []), *(t["name"] for t in specs)],
                 "log": log})
         shutil.rmtree(resume_dir(out_dir), ignore_errors=True)  # the step is complete

@@ -9,11 +9,14 @@ placement "exact" (default) projects the *actual* weight update after AdamW (mom
 decay and clipping included) and treats a bias as an extra input column, so the invariant holds
 for the weights, not just for the gradient. It costs O(d²k) per head and step (the update is
 dense, of full rank). placement "faithful" reproduces the authors' code: the clipped raw
-gradient is projected before AdamW, the bias is left alone, and covariances use one global
-sample count. Its gradient is Δᵀ X (rank <= batch), so it is projected through those thin
+gradient is projected before AdamW, the bias is left alone, and covariances follow the
+authors' counting rule. Its gradient is Δᵀ X (rank <= batch), so it is projected through those thin
 factors (subspace.FactoredGradients, O(B·d·k + B·d²)); the result equals projecting the dense
 gradient to float rounding, and the dense path is taken whenever that cannot be vouched for
-(several processes, a probe mismatch).
+(several processes, a probe mismatch). With faithful_counts (its default) the covariances follow
+the authors' running-mean rule (SubspaceState.covariance), and the partner-output covariance is
+W Σ Wᵀ without the bias, as theirs; with train.preset `paper` (their Hugging Face Trainer's
+linear decay, bias exempt from weight decay, last partial batch kept) this is their training.
 
 placement "rotated" (opt-in, not the paper's) keeps the exact invariant at a fraction of the
 cost: each head trains in the eigenbases of its projectors, W = R_out W̃ R_inᵀ, where the
@@ -214,9 +217,12 @@ class DNS(Strategy):
         aug = self._bias(ctx.model)
         n = len(ctx.train[a])
         bs = int(ctx.cfg.get("train", {}).get("batch_size", 64)) * 16
+        # faithful: the authors' output covariance is W Σ Wᵀ, the bias left out
+        out = ((lambda m, x: x @ ctx.model.heads[m].weight.T) if self.placement == "faithful"
+               else ctx.model)
         for i in range(0, n, bs):
             xa, xb = ctx.train[a][i: i + bs], ctx.train[b][i: i + bs]
-            za, zb = ctx.model(a, xa), ctx.model(b, xb)
+            za, zb = out(a, xa), out(b, xb)
             self.state.update_inputs(a, _augment(xa, aug))
             self.state.update_inputs(b, _augment(xb, aug))
             self.state.update_outputs(a, zb)

@@ -31,9 +31,9 @@ BUFFER_OPTIONS = {
 }
 
 
-def batches_per_epoch(n: int, batch_size: int) -> int:
-    """Mirrors fit_tasks' DataLoader (drop_last when n > batch_size)."""
-    return n // batch_size if n > batch_size else 1
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """Mirrors cmcl.train.batch_loader (drop_last only when n > batch_size)."""
+    return n // batch_size if drop_last and n > batch_size else -(-n // batch_size)
 
 
 @register
@@ -78,7 +78,8 @@ class ER(Strategy):
         self.gen = step_generator(self.salt)
         bs = int(ctx.cfg["train"]["batch_size"])
         first = self.opts["stream_epochs"] == "first"
-        self._left = batches_per_epoch(len(ctx.train["labels"]), bs) if first else None
+        drop = ctx.cfg["train"].get("drop_last", True)
+        self._left = batches_per_epoch(len(ctx.train["labels"]), bs, drop) if first else None
 
     def trained(self, ctx: TaskContext) -> set[str]:
         extra = self.buffer.modalities if self.opts["train_replayed_heads"] else []
