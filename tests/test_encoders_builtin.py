@@ -173,3 +173,19 @@ def test_embed_names_the_shard_member_of_a_wav_fed_to_mfcc_stats(corpus, tmp_pat
                                          r"this is a WAV file: use `logmel`"):
         embed_split(tmp_path / "s", tmp_path / "g", {"image": "pixels", "audio": "mfcc_stats"})
     assert not (tmp_path / "g").exists()
+
+
+def test_params_schema_accepts_the_encoder_specs():
+    import re
+
+    import yaml
+    from conftest import ROOT
+
+    schema = yaml.safe_load((ROOT / "pipeline/schemas/params.schema.yaml").read_text())
+    pattern = schema["properties"]["embed"]["properties"]["encoders"]["additionalProperties"][
+        "pattern"]
+    for spec in ("pixels", "pixels:32", "pixels:32x24", "logmel", "logmel:40", "mfcc_stats",
+                 "hf-siglip:/m/siglip2", "hf-clap:/m/clap", "hf-xclip:/m/x", "hf-clip:/m/c"):
+        assert re.match(pattern, spec), spec
+    for spec in ("pixels:", "pixels:big", "logmel:", "logmel:x", "hf-clap:", "clap:/m"):
+        assert not re.match(pattern, spec), spec
