@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from cmcl.corpora import ADAPTERS, open_corpus
@@ -481,48 +480,6 @@ def test_features_h5_corpus_adapter(tmp_path):
     np.testing.assert_array_equal(load_npy(payload, "x"), arrays["tensor(2)"][1])
     with pytest.raises(ValueError, match="needs the options `encoder`"):
         rows("features_h5", tmp_path, modalities=["image", "thermal"])
-
-
-# ---------------------------------------------------------------- paper params files
-SEQUENCE = [("ucf101", ["text", "video"]), ("esc50", ["text", "audio"]),
-            ("nyudv2", ["image", "depth"]), ("clotho", ["text", "audio"]),
-            ("vggsound_s", ["text", "audio"]), ("vggsound_s", ["text", "video"]),
-            ("vggsound_s", ["audio", "video"]), ("tvl", ["image", "tactile"]),
-            ("tvl", ["text", "tactile"]), ("tvl", ["image", "text"]),
-            ("llvip", ["image", "thermal"])]
-
-
-@pytest.mark.parametrize("enc,dim,lr,thr", [("imagebind", 1024, 1e-4, 0.01),
-                                            ("languagebind", 768, 1e-3, 1e-4),
-                                            ("unibind", 1024, 1e-4, 0.01)])
-def test_paper_params_files(enc, dim, lr, thr):
-    p = yaml.safe_load((ROOT / "pipeline/params" / f"{enc}.yaml").read_text())
-    default = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert list(p) == list(default)
-    seq = p["sequences"]["paper11"]
-    assert len(seq) == 11 and len(set(seq)) == 11
-    assert [(p["tasks"][t]["corpus"], p["tasks"][t]["modalities"]) for t in seq] == SEQUENCE
-    assert all(c["options"]["encoder"] == enc for c in p["corpora"].values())
-    assert p["model"] == {"embed_dim": dim, "bias": False, "init": "identity"}
-    t = p["train"]
-    assert (t["lr"], t["weight_decay"], t["batch_size"], t["epochs"], t["grad_clip"]) == \
-        (lr, 1e-3, 64, 5, 1.0)
-    assert t["seeds"] == list(range(1, 11)) and p["loss"]["preset"] == "paper"
-    dns = p["methods"]["dns"]
-    assert dns["threshold_mode"] == "absolute" and dns["threshold_in"] == thr
-
-
-@pytest.mark.parametrize("enc", ["imagebind", "languagebind", "unibind"])
-def test_paper_params_validate(enc, tmp_path, monkeypatch):
-    from cmcl.config import check
-
-    p = yaml.safe_load((ROOT / "pipeline/params" / f"{enc}.yaml").read_text())
-    monkeypatch.chdir(tmp_path)
-    for c in p["corpora"].values():
-        Path(c["path"]).mkdir(parents=True, exist_ok=True)
-    # the shared schema itself: it lists the paper adapters, `options` and precomputed encoders
-    checked = check(p, ROOT / "pipeline/schemas/params.schema.yaml", f"{enc}.yaml")
-    assert checked["methods"]["dns"]["threshold_out"] == p["methods"]["dns"]["threshold_out"]
 
 
 def test_imported_features_train_and_evaluate_unchanged(tmp_path):
