@@ -25,6 +25,26 @@ CFG = {"model": {"embed_dim": 8}, "loss": {},
        "train": {"epochs": 3, "batch_size": 8, "lr": 0.05, "weight_decay": 0.01,
                  "grad_clip": 1.0}}
 TORCHRUN = Path(sys.executable).parent / "torchrun"
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def optimizer_steps(features: Path, epochs: int, batch: int) -> int:
+    """Upper bound on the optimizer steps of a task: epochs x batches (a partial one counted)."""
+    n = sum(json.loads((features / "sizes.json").read_text()).values())
+    return epochs * -(-n // batch)
+
+
+def weight_atol(weight: torch.Tensor, steps: int, lr: float, batch: int) -> float:
+    """Bound on |w(1 process) - w(2 processes)| of a head (out x in) from reduction order.
+
+    Splitting the batch over processes re-orders the sums behind each gradient entry: about
+    r = batch x (in + out + batch) products (the head's dot products, the batch's similarity
+    row), so its relative value moves by at most r float32 eps (recursive-summation bound);
+    AdamW's m/sqrt(v) turns that into an update error of at most lr x r eps x (1 + sqrt(t))
+    at step t (Cauchy-Schwarz over the averaged gradients), and the steps add up.
+    """
+    d_out, d_in = weight.shape if weight.ndim == 2 else (1, weight.numel())
+    return steps * lr * batch * (d_in + d_out + batch) * EPS32 * (1 + steps ** 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +86,18 @@ def step2(d: Path, method: str, out: Path, processes: int, **train) -> str:
     return p.stderr
 
 
+def test_weight_tolerance_is_derived_not_fitted_to_one_machine(chain):
+    """The fixed atol=1e-5 failed on Intel Xeon (AVX-512, MKL): heads.image.weight differed by
+    1.54e-5 (dns). The derived bound covers that with room, and stays far below the weights'
+    scale, so a real data-parallel bug (e.g. negatives not gathered) still fails."""
+    tr = CFG["train"]
+    steps = optimizer_steps(chain / "f_hi", tr["epochs"], tr["batch_size"])
+    w = load_tensors(chain / "dns1/model.safetensors")
+    tol = {k: weight_atol(x, steps, tr["lr"], tr["batch_size"]) for k, x in w.items()}
+    assert steps == 12 and tol["heads.image.weight"] > 3 * 1.54e-5
+    assert all(t < 1e-2 * w[k].abs().max().item() for k, t in tol.items())
+
+
 @pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun not installed")
 @pytest.mark.parametrize("method", ["finetune", "dns", "derpp"])
 def test_two_processes_match_one(chain, method):
@@ -74,24 +106,39 @@ def test_two_processes_match_one(chain, method):
     step2(d, method, d / f"{method}_p2", 2)
     one = load_tensors(d / f"{method}_p1/model.safetensors")
     two = load_tensors(d / f"{method}_p2/model.safetensors")
+    tr = CFG["train"]
+    steps = optimizer_steps(d / "f_hi", tr["epochs"], tr["batch_size"])
+    atol = {k: weight_atol(w, steps, tr["lr"], tr["batch_size"]) for k, w in one.items()}
     for k in one:
-        assert torch.allclose(one[k], two[k], atol=1e-5), f"{k}: max diff " \
-            f"{(one[k] - two[k]).abs().max():.2e}"
+        diff = (one[k] - two[k]).abs().max().item()
+        assert diff <= atol[k], f"{k}: max diff {diff:.2e} > {atol[k]:.2e}"
     log = json.loads((d / f"{method}_p2/meta.json").read_text())["log"]
     assert log["num_processes"] == 2
     if method == "dns":  # the subspace state is the single-process one
         a = load_tensors(d / "dns_p1/state/subspace.safetensors")
         b = load_tensors(d / "dns_p2/state/subspace.safetensors")
-        for k in a:  # output covariances inherit the weights' 1e-5 float differences
-            x, y = a[k].double(), b[k].double()  # counts are integers
+        # sums of z z^T with z = W x move by ~2 |dW|_F / |W|_F (first order; |dW|_F <= atol
+        # sqrt(numel)), plus n x eps for re-ordering the n samples' sum; counts are integers
+        n = sum(json.loads((d / "f_hi/sizes.json").read_text()).values())
+        w_rel = max(atol[k] * one[k].numel() ** 0.5 / one[k].norm().item() for k in one)
+        rel_tol = 2 * w_rel + n * EPS32
+        for k in a:
+            x, y = a[k].double(), b[k].double()
             rel = ((x - y).norm() / x.norm().clamp_min(1e-12)).item()
-            assert rel < 1e-4, f"{k}: relative difference {rel:.1e}"
+            assert rel <= rel_tol, f"{k}: relative difference {rel:.1e} > {rel_tol:.1e}"
     if method == "derpp":  # every process buffers the global batch: the 1-process buffer
         a = load_tensors(d / "derpp_p1/state/buffer.safetensors")
         b = load_tensors(d / "derpp_p2/state/buffer.safetensors")
         assert a.keys() == b.keys()
-        for k in a:  # inputs and labels exactly; stored logits up to float summation order
-            assert torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=1e-5), k
+        for k in a:  # inputs and labels exactly; stored embeddings z = W x of the weights
+            # then: |dz| <= max|dW| |x|_1 (bounded by the final weight_atol, as errors grow)
+            if not k.startswith("emb/"):
+                assert torch.equal(a[k], b[k]), k
+                continue
+            m = k[4:]
+            tol = atol[f"heads.{m}.weight"] * a[f"feat/{m}"].abs().sum(1).max().item()
+            diff = (a[k].double() - b[k].double()).abs().max().item()
+            assert diff <= tol, f"{k}: max diff {diff:.2e} > {tol:.2e}"
 
 
 @pytest.mark.skipif(shutil.which(str(TORCHRUN)) is None, reason="torchrun not installed")
