@@ -302,7 +302,8 @@ def check_architecture(ck: Checkpoint, model) -> None:
                                    f"from the checkpoint's widths expects {list(shape)}")
     extra = sorted(set(ck.shapes) - set(want))
     if extra:
-        raise _shape_error(ck, f"unexpected key '{extra[0]}' ({len(extra)} unexpected keys)")
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise _shape_error(ck, f"unexpected key '{extra[0]}'{more}")
 
 
 def _cpu_linspace_mode():
@@ -481,9 +482,10 @@ def resample(wave: np.ndarray, orig: int, new: int = AUDIO_RATE) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(wave, np.float32))
     length = x.shape[-1]
     x = torch.nn.functional.pad(x, (width, width + o))
-    y = torch.nn.functional.conv1d(x[:, None], kernel, stride=o).transpose(1, 2)
-    y = y.reshape(x.shape[0], -1)[:, :math.ceil(n * length / o)]
-    return y.numpy()
+    # torchaudio's conv1d(x, kernel, stride=o) as windows @ kernel: the same sums, faster on CPU
+    windows = x.unfold(-1, kernel.shape[-1], o)  # (channels, steps, taps)
+    y = (windows @ kernel[:, 0].T).reshape(x.shape[0], -1)  # (channels, steps * n)
+    return y[:, :math.ceil(n * length / o)].numpy()
 
 
 @functools.cache
