@@ -122,7 +122,10 @@ def test_non_finite_features_are_named_before_training(step0):
                      "image.npy": npy_bytes(image), "audio.npy": npy_bytes(data["audio"][i])})
     (d / "nan").mkdir()
     write_shards(d / "nan", recs, 100)
-    (d / "nan/meta.json").write_text((d / "f/meta.json").read_text())
+    from cmcl.io import record_digests
+
+    meta = json.loads((d / "f/meta.json").read_text())  # with this folder's own file digests
+    write_json(d / "nan/meta.json", {**meta, "sha256": record_digests(d / "nan")})
     cfg = {**CFG, "train": {**CFG["train"], "epochs": 1}}
     key = re.escape(data["keys"][3])
     with pytest.raises(ValueError, match=rf"nan: 'image' features of sample '{key}' are NaN or "

@@ -195,6 +195,16 @@ def cmd_validate(a) -> None:
           f"methods {p['train']['methods']}; seeds {p['train']['seeds']})")
 
 
+def cmd_verify(a) -> None:
+    from cmcl.verify import DEFAULT_ROOTS, render, verify
+
+    paths = a.paths or [p for p in DEFAULT_ROOTS if Path(p).exists()]
+    rep = verify(paths)
+    print(render(rep))
+    if rep.damaged:
+        raise SystemExit(1)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cmcl", description=__doc__)
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -280,6 +290,10 @@ def parser() -> argparse.ArgumentParser:
     verb("methods", cmd_methods, "list the registered continual-learning methods")
     p = verb("validate", cmd_validate, "check a params file against the schema")
     p.add_argument("params", nargs="?", default="params.yaml")
+    p = verb("verify", cmd_verify, "list artifacts whose files differ from the sha256 their "
+             "producer recorded, and how to repair them")
+    p.add_argument("paths", nargs="*", help="artifact folders or files (default: "
+                   "data/shards data/features results/runs)")
     return ap
 
 

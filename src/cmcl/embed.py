@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmcl.encoders import get_encoder
-from cmcl.io import atomic_dir, read_json, save_tensors, write_json
+from cmcl.io import DIGESTS, atomic_dir, read_json, record_digests, save_tensors, write_json
 from cmcl.shards import npy_bytes, write_shards
 from cmcl.streams import SampleStream, batched
 
@@ -65,7 +65,8 @@ def embed_split(shard_dir: str | Path, out_dir: str | Path, encoders: Mapping[st
             prompts = _class_prompts(meta["classes"], meta.get("templates") or ["{}"], text_enc)
             save_tensors(tmp / "classes.safetensors", prompts)
         write_json(tmp / "meta.json", {**meta, "encoders": {m: encoders[m] for m in mods},
-                                       "dims": dims, "dtype": dtype})
+                                       "dims": dims, "dtype": dtype,
+                                       DIGESTS: record_digests(tmp)})
     return sum(sizes.values())
 
 

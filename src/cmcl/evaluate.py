@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cmcl.corpora import resolve_classes
-from cmcl.io import atomic_path, load_tensors
+from cmcl.io import atomic_path, check_digest, load_tensors_digest, recorded_digest
 from cmcl.losses import resolve
 from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
 from cmcl.shards import read_features
@@ -35,7 +35,10 @@ def load_split(directory: str | Path) -> dict:
     """Features of a split plus its class prompts (if any): what `score_task` needs."""
     data = read_features(directory)
     classes_file = Path(directory) / "classes.safetensors"
-    data["prompts"] = load_tensors(classes_file) if classes_file.exists() else None
+    data["prompts"] = None
+    if classes_file.exists():
+        data["prompts"], found = load_tensors_digest(classes_file)
+        check_digest(classes_file, recorded_digest(data["meta"], classes_file.name), found)
     return data
 
 

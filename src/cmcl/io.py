@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,94 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+# -- integrity: producers record the sha256 of every file they write; loads check it ----------
+# Cost: sha256 runs at about 2 GB/s, each file is hashed once per load (from the bytes or mmap
+# being read): a d = 1024 step (3 heads 1024x1024 + DNS subspace state, 63 MB) takes 32 ms to
+# check, against about a minute to train one paper-scale task.
+DIGESTS = "sha256"  # meta.json key: {path relative to the artifact folder: sha256 hex}
+
+
+class DamagedArtifact(ValueError):
+    """A file whose bytes differ from what its producer recorded (bit rot, a bad copy)."""
+
+
+def sha256_bytes(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def record_digests(folder: str | os.PathLike, skip: tuple[str, ...] = ("meta.json",)
+                   ) -> dict[str, str]:
+    """sha256 of every file under `folder` (a producer's temp folder, before its meta.json)."""
+    folder = Path(folder)
+    return {f.relative_to(folder).as_posix(): sha256_file(f)
+            for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.relative_to(folder).as_posix() not in skip}
+
+
+def repair_hint(path: str | os.PathLike) -> str:
+    """How to get a good copy back: from DVC's cache when the out is cached, else rerun."""
+    path = Path(path)
+    artifact = path.parent if path.parent.name != "state" else path.parent.parent
+    rerun = f"delete {artifact} and rerun `snakemake` (it rebuilds that folder)"
+    try:
+        import yaml
+
+        stages = yaml.safe_load(Path("dvc.yaml").read_text()).get("stages", {})
+        outs = [(o if isinstance(o, str) else next(iter(o)),
+                 {} if isinstance(o, str) else next(iter(o.values())) or {})
+                for st in stages.values() for o in st.get("outs", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        outs = []
+    for out, opts in outs:
+        inside = path.resolve().is_relative_to(Path(out).resolve())
+        if inside and opts.get("cache", True):
+            return f"`dvc checkout {out}` (restores it from the DVC cache) or {rerun}"
+    return rerun
+
+
+def check_digest(path: str | os.PathLike, expected: str | None, found: str) -> None:
+    """Stop naming the file and both digests; nothing to compare when none was recorded."""
+    if expected is not None and expected != found:
+        raise DamagedArtifact(f"{path}: damaged: sha256 {found}, but its producer recorded "
+                              f"{expected}; repair: {repair_hint(path)}; `python -m cmcl "
+                              "verify` lists every damaged artifact")
+
+
+def recorded_digest(meta: Mapping, name: str) -> str | None:
+    """The digest `meta` (the folder's meta.json) records for `name`; None for older folders."""
+    return (meta.get(DIGESTS) or {}).get(name)
+
+
+def verify_files(folder: str | os.PathLike, meta: Mapping, under: str = "") -> None:
+    """Check every file recorded under `under` (e.g. "state/") of an artifact folder."""
+    folder = Path(folder)
+    for name, expected in sorted((meta.get(DIGESTS) or {}).items()):
+        if name.startswith(under):
+            path = folder / name
+            if not path.is_file():
+                raise DamagedArtifact(f"{path}: missing, but its producer recorded it; "
+                                      f"repair: {repair_hint(path)}")
+            check_digest(path, expected, sha256_file(path))
+
+
+def load_tensors_digest(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """load_tensors plus the sha256 of the same bytes (one read, one hash)."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: tensor file not found") from None
+    try:
+        tensors = load(data)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+    return tensors, sha256_bytes(data)

@@ -21,7 +21,17 @@ from tqdm import tqdm
 
 from cmcl import tario
 from cmcl.corpora import Sample, open_corpus, resolve_classes
-from cmcl.io import atomic_dir, atomic_path, read_json, write_json
+from cmcl.io import (
+    DIGESTS,
+    atomic_dir,
+    atomic_path,
+    check_digest,
+    read_json,
+    record_digests,
+    sha256_bytes,
+    sha256_file,
+    write_json,
+)
 from cmcl.tario import KEY_OK, npy_bytes, tar_key  # noqa: F401  (re-exported: importers)
 
 Pair = tuple[str, int | None, dict]
@@ -211,8 +221,8 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
         meta = {"task": task["name"], "split": split, "modalities": list(task["modalities"]),
                 "count": n, "classes": info.classes, "templates": info.templates,
                 "rejected": len(rejected)}
-        write_json(tmp / "meta.json", meta)
         (tmp / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejected))
+        write_json(tmp / "meta.json", {**meta, DIGESTS: record_digests(tmp)})
     return n
 
 
@@ -285,10 +295,16 @@ def read_features(directory: str | Path) -> dict:
     """Load a feature-shard folder into memory: {modality: float32 array (n, d)}, labels, keys.
 
     One pass over each tar's mmap (no per-sample objects): this is what makes reading a
-    training split cheaper than a few of its epochs (benchmarks/bench_io.py).
+    training split cheaper than a few of its epochs (benchmarks/bench_io.py). Each tar is
+    hashed once from the same mmap and compared with the sha256 its producer recorded in
+    meta.json (a damaged shard stops the job naming it); folders without digests are read as
+    they are.
     """
     directory = Path(directory)
     meta = read_json(directory / "meta.json")
+    digests = meta.get(DIGESTS) or {}
+    check_digest(directory / "sizes.json", digests.get("sizes.json"),
+                 sha256_file(directory / "sizes.json"))
     n = sum(read_json(directory / "sizes.json").values())
     rows = {m: _Rows(m, n) for m in meta["modalities"]}
     labels = np.full(n, -1, dtype=np.int64)
@@ -308,6 +324,8 @@ def read_features(directory: str | Path) -> dict:
                     o, s = parts["cls"]
                     labels[i] = int(buf[o:o + s])
                 keys.append(key)
+            if Path(url).name in digests:  # after parsing: a malformed tar is named as such
+                check_digest(url, digests[Path(url).name], sha256_bytes(buf))
     if len(keys) != n:
         raise ValueError(f"{directory}: sizes.json lists {n} samples, the shards hold "
                          f"{len(keys)}")

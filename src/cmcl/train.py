@@ -20,7 +20,18 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cmcl.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from cmcl.io import (
+    DIGESTS,
+    atomic_dir,
+    check_digest,
+    load_tensors_digest,
+    read_json,
+    record_digests,
+    recorded_digest,
+    save_tensors,
+    verify_files,
+    write_json,
+)
 from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
 from cmcl.resume import (
@@ -144,15 +155,32 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def load_model(step_dir: str | Path) -> tuple[MultiHead, dict]:
-    """Rebuild a step's model from its meta.json and safetensors weights (no pickle)."""
+    """Rebuild a step's model from its meta.json and safetensors weights (no pickle).
+
+    The file's bytes are hashed once as they are read and compared with the sha256 the step
+    recorded (steps from before that: the weights digest), so a damaged checkpoint stops here.
+    """
     step_dir = Path(step_dir)
     meta = read_json(step_dir / "meta.json")
     mc = meta["model"]
     model = MultiHead(mc["in_dims"], mc["embed_dim"], mc["bias"])
-    state = load_tensors(step_dir / "model.safetensors")
-    model.check_state(state, str(step_dir / "model.safetensors"))
+    path = step_dir / "model.safetensors"
+    state, found = load_tensors_digest(path)
+    model.check_state(state, str(path))
+    expected = recorded_digest(meta, "model.safetensors")
+    check_digest(path, expected, found)
     model.load_state_dict(state)
+    if expected is None and meta.get("log", {}).get("final_digest"):
+        check_digest(path, meta["log"]["final_digest"], weights_digest(model))
     return model, meta
+
+
+def load_state_dir(strategy: Strategy, step_dir: str | Path, meta: dict,
+                   model: MultiHead) -> None:
+    """strategy.load_state on a step's state/ folder, its files checked against meta.json."""
+    state = Path(step_dir) / "state"
+    verify_files(step_dir, meta, "state/")
+    strategy.load_state(state if state.exists() else None, model)
 
 
 def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
@@ -174,7 +202,8 @@ def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
         write_json(tmp / "meta.json", {"step": 0, "task": None, "method": base, "run": method,
                                        "seed": seed, "options": opts,
                                        "model": model.config(), "tasks_seen": [],
-                                       "log": {"final_digest": weights_digest(model)}})
+                                       "log": {"final_digest": weights_digest(model)},
+                                       DIGESTS: record_digests(tmp)})
 
 
 def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: int, seed: int,
@@ -329,8 +358,7 @@ def load_strategy(step_dir: str | Path, model: MultiHead) -> Strategy:
     meta = read_json(Path(step_dir) / "meta.json")
     cfg = {"methods": {meta["method"]: meta.get("options", {})}}
     strategy = get_strategy(meta["method"], cfg)
-    state = Path(step_dir) / "state"
-    strategy.load_state(state if state.exists() else None, model)
+    load_state_dir(strategy, step_dir, meta, model)
     return strategy
 
 
@@ -345,7 +373,7 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
     base = cfg.get("method", method)  # `method` may be a variant (its run name)
     strategy = get_strategy(base, cfg)
     prev_state = Path(prev_dir) / "state"
-    strategy.load_state(prev_state if prev_state.exists() else None, model)
+    load_state_dir(strategy, prev_dir, prev_meta, model)
 
     specs = task.get("tasks", [task])  # a joint step trains on several tasks at once
     dirs = [train_dir] if isinstance(train_dir, str | Path) else list(train_dir)
@@ -382,7 +410,7 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
                 "model": prev_meta["model"], "step": step, "task": task["name"],
                 "method": base, "run": method, "seed": seed, "options": strategy.opts,
                 "tasks_seen": [*prev_meta.get("tasks_seen", []), *(t["name"] for t in specs)],
-                "log": log})
+                "log": log, DIGESTS: record_digests(tmp)})
         shutil.rmtree(resume_dir(out_dir), ignore_errors=True)  # the step is complete
     acc.wait_for_everyone()
     return log

@@ -32,7 +32,7 @@ import numpy as np
 
 from cmcl.corpora import CorpusInfo, Sample, disjoint_splits, register_adapter, resolve_classes
 from cmcl.corpora.media import SampleError, iterate, take_options
-from cmcl.io import atomic_dir, save_tensors, write_json
+from cmcl.io import DIGESTS, atomic_dir, record_digests, save_tensors, write_json
 from cmcl.shards import KEY_OK, npy_bytes, write_shards
 
 DEFAULTS: dict[str, Any] = {
@@ -236,7 +236,7 @@ def import_features(h5_path: str | Path, modalities: Sequence[str], out_dir: str
             save_tensors(tmp / "classes.safetensors",
                          {"prompts": torch.from_numpy(prompts),
                           "class_ids": torch.arange(len(prompts))})
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", {**meta, DIGESTS: record_digests(tmp)})
     return len(kept)
 
 
