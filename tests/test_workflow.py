@@ -35,8 +35,11 @@ def tiny_params() -> dict:
     p["sequences"] = {"main": SEQ, "rev": REV}
     p["tasks"] = {k: v for k, v in p["tasks"].items() if k in SEQ}
     p["shard"]["max_per_class"] = 12
-    p["train"] |= {"methods": ["finetune", "dns", "joint"], "seeds": [1], "epochs": 2}
+    p["train"] |= {"methods": ["finetune", "dns", "joint", "dns_in"], "seeds": [1], "epochs": 2}
     p["overrides"] = {"joint": {"train": {"epochs": 3}}}
+    p["variants"] = {"dns_in": {"method": "dns", "options": {"sides": "input"},
+                                "train": {"lr_schedule": "linear"},
+                                "description": "input side only"}}
     p["eval"] |= {"n_subsets": 2, "subset_size": 40}
     return p
 
@@ -71,7 +74,7 @@ def test_outputs_cover_every_step_and_task(project):
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert list(metrics) == ["main", "rev"]
     for seq in metrics:
-        assert set(metrics[seq]) == {"finetune", "dns", "joint"}
+        assert set(metrics[seq]) == {"finetune", "dns", "joint", "dns_in"}
         joint = metrics[seq]["joint"]
         assert joint["map_final_avg"] is not None and joint["map_bwt"] is None
     report = (project / "reports/report.md").read_text()
@@ -99,6 +102,25 @@ def test_checkpoints_chain_step_to_step(project):
     state = json.loads(
         (project / "results/runs/main/dns/seed1/step3/state/subspace.json").read_text())
     assert state["counts"]["in"]["image"] > 0 and len(state["history"]) == 3
+
+
+def test_a_variant_is_a_run_of_its_own(project):
+    """dns_in runs dns with sides: input and a linear schedule: its own folder, meta, rows."""
+    for seq, names in (("main", SEQ), ("rev", REV)):
+        last = f"results/runs/{seq}/{{}}/seed1/step{len(names)}/meta.json"
+        variant = json.loads((project / last.format("dns_in")).read_text())
+        base = json.loads((project / last.format("dns")).read_text())
+        assert (variant["method"], variant["run"], variant["options"]["sides"]) == \
+            ("dns", "dns_in", "input")
+        assert base["options"]["sides"] == "both" and base["run"] == "dns"
+        assert variant["log"]["final_digest"] != base["log"]["final_digest"]
+    df = pd.read_parquet(project / "results/eval/main/dns_in/seed1/step3.parquet")
+    assert set(df["method"]) == {"dns_in"} and set(df["run"]) == {"dns_in_s1"}
+    report = (project / "reports/report.md").read_text()
+    assert "## Method variants" in report
+    assert '| dns_in | dns | lr_schedule: "linear", sides: "input" | input side only |' in report
+    p = run([sys.executable, "-m", "cmcl", "compare", "dns", "dns_in"], project)
+    assert "map_bwt" in p.stdout
 
 
 def test_dvc_repro_is_idempotent_and_reruns_only_late_jobs(project):

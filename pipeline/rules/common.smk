@@ -113,9 +113,14 @@ def get_eval_cfg(wildcards):
 
 
 def get_report_cfg(wildcards):
-    return as_json({"report": config["report"],
-                    "sequences": {s: [task_spec(t) for t in names]
-                                  for s, names in SEQUENCES.items()}})
+    cfg = {"report": config["report"],
+           "sequences": {s: [task_spec(t) for t in names] for s, names in SEQUENCES.items()}}
+    variants = {v: {"method": spec["method"], "description": spec.get("description", ""),
+                    "set": {**spec.get("given", {}), **spec["train"]}}
+                for v, spec in config["variants"].items() if v in METHODS}
+    if variants:  # only then: a matrix without variants keeps its report params
+        cfg["variants"] = variants
+    return as_json(cfg)
 
 
 def all_evals():

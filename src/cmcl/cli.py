@@ -116,7 +116,8 @@ def cmd_report(a) -> None:
         for t in (t for tasks in sequences.values() for t in tasks if t["name"] == meta["task"]):
             t.setdefault("pairs", {})[meta["split"]] = meta["count"]
             t["rejected"] = max(t.get("rejected", 0), meta.get("rejected", 0))
-    build_report(df, sequences, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"))
+    build_report(df, sequences, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"),
+                 a.cfg.get("variants"))
     print(f"report: {Path(a.out_dir) / 'report.md'}")
 
 

@@ -114,6 +114,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
                             f"({sorted(methods)})")
             continue
         base_opts = params["methods"].get(spec["method"], {})
+        spec["given"] = dict(spec["options"])  # what the variant itself sets (for the report)
         try:
             spec["options"] = resolve_options(methods[spec["method"]],
                                               {**base_opts, **spec["options"]},

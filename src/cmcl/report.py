@@ -6,6 +6,7 @@ so the reported std is the seed-to-seed spread, as in the paper.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -285,8 +286,20 @@ def _sequence_stats(df: pd.DataFrame, tasks: Sequence[Mapping], plots: Path,
     return metrics, means, curves, points
 
 
+def _markdown_variants(variants: Mapping[str, Mapping]) -> list[str]:
+    """What each method variant in the tables runs: its method and the options it sets."""
+    rows = [[name, str(v["method"]),
+             ", ".join(f"{k}: {json.dumps(x)}" for k, x in sorted(v.get("set", {}).items()))
+             or "(the method's options)", v.get("description", "")]
+            for name, v in variants.items()]
+    return ["## Method variants", "", "Rows named after a variant run its method with these "
+            "options (over `methods.<method>`) and train settings.", ""] + _md_table(
+        ["Variant", "Method", "Options and train settings", "Description"], rows) + [""]
+
+
 def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
-                 out_dir: str | Path, main_metric: str = "map") -> dict:
+                 out_dir: str | Path, main_metric: str = "map",
+                 variants: Mapping[str, Mapping] | None = None) -> dict:
     """Write metrics.json, plots/ and report.md under out_dir; return the metrics dict.
 
     metrics.json holds {sequence: {method: {"<metric>_<stat>": mean, "..._std": std,
@@ -325,6 +338,8 @@ def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
     head = ["# Continual multimodal contrastive learning: evaluation report", ""]
     if len(sequences) > 1:
         head += _markdown_overview(metrics, main_metric)
+    if variants:
+        head += _markdown_variants(variants)
     md = "\n".join(head + text)
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(md + "\n")

@@ -69,7 +69,9 @@ class DNS(Strategy):
         "threshold_mode": {"enum": list(THRESHOLD_MODES), "default": "relative"},
         "threshold_in": {"type": "number", "minimum": 0, "default": 1e-3},
         "threshold_out": {"type": "number", "minimum": 0, "default": 1e-3},
-        "faithful_counts": {"type": ["boolean", "null"], "default": None},
+        "faithful_counts": {"type": ["boolean", "null"], "default": None,
+                            "description": "covariances by the authors' running-mean rule "
+                                           "(null: when placement is faithful)"},
     }}
 
     # with no past there is nothing to project: the first task is plain training
