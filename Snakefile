@@ -27,3 +27,4 @@ rule all:
         "reports/report.md",
         ["reports/check.json"] if config["report"]["expected"] else [],
     default_target: True
+include: "pipeline/rules/tune.smk"

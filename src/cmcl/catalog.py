@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STRATEGIES = Path(__file__).resolve().parent / "strategies"
@@ -26,6 +26,8 @@ class MethodInfo:
     options: dict  # JSON schema fragment: {"properties": {...}, "required": [...]}
     joint: bool
     first_step_ignores: tuple[str, ...]
+    space: dict | None = None  # the tuning search space (None: undeclared)
+    budget: dict = field(default_factory=dict)  # option -> "samples" | "per_task"
 
     def schema(self) -> dict:
         return {"type": "object", "additionalProperties": False, **self.options}
@@ -52,7 +54,8 @@ def from_registry() -> dict[str, MethodInfo]:
 
     # through JSON, so a fresh build and a cached read are the same objects (lists, not tuples)
     return {n: MethodInfo(n, c.description, c.citation, json.loads(json.dumps(c.options)),
-                          c.joint, tuple(c.first_step_ignores))
+                          c.joint, tuple(c.first_step_ignores),
+                          json.loads(json.dumps(c.space)), dict(c.budget))
             for n, c in sorted(discover().items())}
 
 

@@ -180,6 +180,18 @@ def cmd_sweep_best(a) -> None:
     print(f"test objective of the best params: {s['test']['objective']:.4f}")
 
 
+def cmd_tune_export(a) -> None:
+    from cmcl.tuning import export
+
+    if len(a.methods) != len(a.summaries):
+        raise SystemExit("tune-export: give one --summaries file per --methods name")
+    workers = {m: sorted((Path(a.workers_root) / a.sequence / m).glob("worker*.json"))
+               for m in a.methods}
+    out = export(a.cfg, a.sequence, dict(zip(a.methods, a.summaries, strict=True)), a.out,
+                 worker_files=workers)
+    print(f"{a.out}: {len(out['record']['methods'])} methods tuned on {a.sequence}")
+
+
 def cmd_methods(a) -> None:
     from cmcl.catalog import methods
 
@@ -288,6 +300,13 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="this worker's summary (JSON)")
         else:
             p.add_argument("--out-dir", required=True)
+    p = verb("tune-export", cmd_tune_export, "one tuned params override from the studies")
+    p.add_argument("--cfg", type=_json, required=True, help="tune, train and budget (JSON)")
+    p.add_argument("--sequence", required=True)
+    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--summaries", nargs="+", required=True, help="sweep-best summary.json")
+    p.add_argument("--workers-root", default="results/tune", help="<seq>/<method>/worker*.json")
+    p.add_argument("--out", required=True)
     verb("methods", cmd_methods, "list the registered continual-learning methods")
     p = verb("validate", cmd_validate, "check a params file against the schema")
     p.add_argument("params", nargs="?", default="params.yaml")

@@ -53,9 +53,13 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     from cmcl.catalog import resolve_options
     from cmcl.corpora import task_class_problems
     from cmcl.encoders import ENCODERS
+    from cmcl.tuning import apply_budget, merge_tuned, tune_problems
 
     schema = load_schema(schema_path)
-    params = copy.deepcopy(dict(params))
+    try:  # the tuned file's methods/overrides, under the params' own values
+        params = merge_tuned(params)
+    except ValueError as e:
+        raise ParamsError(f"{source}: invalid parameters\n  {e}") from None
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params),
                     key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -71,6 +75,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
 
     problems = []
     methods = catalog()
+    problems += apply_budget(params, methods)  # storing methods get their budget option
     variants = params["variants"]
     runs = {**methods, **{v: methods.get(spec["method"]) for v, spec in variants.items()}}
     for i, m in enumerate(params["train"]["methods"]):
@@ -172,6 +177,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
                 problems.append(f"sweep.space.{key}: low > high")
             if spec.get("log") and spec["type"] != "categorical" and spec["low"] <= 0:
                 problems.append(f"sweep.space.{key}: a log scale needs low > 0")
+    problems += tune_problems(params, methods)
     if problems:
         raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(f"  {p}" for p in problems))
     return params

@@ -30,7 +30,7 @@ from cmcl.losses import resolve
 from cmcl.metrics import continual_metrics
 from cmcl.models import MultiHead
 from cmcl.strategies import discover, get_strategy
-from cmcl.train import fit_task, make_accelerator
+from cmcl.train import fit_task, fit_tasks, make_accelerator
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
@@ -69,11 +69,23 @@ def suggest(trial: optuna.Trial, space: Mapping) -> dict:
 
 def study_name(params: Mapping) -> str:
     """The configured name plus a fingerprint of everything a trial's score depends on, so a
-    changed space, objective or data starts a fresh study instead of mixing incomparable ones."""
+    changed space, objective or data starts a fresh study instead of mixing incomparable ones.
+
+    Only the swept method's own settings count (its options and overrides, the sequence's
+    tasks, the first seed), minus the values its space sets: adding a method or a seed, or
+    tuning another method, never restarts this study; nor does adopting its tuned values."""
+    from cmcl.config import identity_train
+
     sw = params["sweep"]
-    blob = {k: params.get(k) for k in ("tasks", "shard", "embed", "model", "loss", "train",
-                                       "overrides", "eval", "methods")}
-    blob["tasks_in_order"] = sweep_tasks(params)
+    method, space = sw["method"], sw["space"]
+    train = identity_train(method_params(params, method)["train"])
+    train = {k: v for k, v in train.items()
+             if k not in ("methods", "seeds", "checkpoint_every") and f"train.{k}" not in space}
+    blob = {k: params.get(k) for k in ("shard", "embed", "model", "loss", "eval")}
+    blob |= {"tasks": [task_spec(params, t) for t in sweep_tasks(params)], "train": train,
+             "seed": params["train"]["seeds"][0],
+             "options": {k: v for k, v in params.get("methods", {}).get(method, {}).items()
+                         if k not in space}}
     blob["sweep"] = {k: sw[k] for k in ("method", "space", "objective", "val_fraction", "seed")}
     digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:10]
     return f"{sw['study']}-{digest}"
@@ -182,6 +194,17 @@ class ChainRunner:
         strategy = get_strategy(self.method, cfg)
         strategy.load_state(None, model)
         rows = [[s[metric] for s in self._scores(model, strategy, cfg)]]
+        if discover()[self.method].joint:  # one step T over the union, as the pipeline runs it
+            n = len(tasks)
+            set_seed(self.seed * 1000 + n, deterministic=cfg["train"]["deterministic"])
+            parts = [(t, *(torch.from_numpy(self.data[t["name"]][0][k])
+                           for k in (*t["modalities"], "labels"))) for t in tasks]
+            model, _ = fit_tasks(model, strategy, cfg, parts, n, self.seed, self.acc)
+            rows += [[float("nan")] * n] * (n - 1) + [
+                [s[metric] for s in self._scores(model, strategy, cfg)]]
+            if trial is not None:
+                trial.report(float(np.mean(rows[-1])), n)
+            tasks = []
         for step, task in enumerate(tasks, start=1):
             key = self._first_step_key(cfg) if step == 1 else None
             if key is not None and key in self.cache:
@@ -269,11 +292,14 @@ def best(params: Mapping, feature_root: str | Path, journal: str | Path,
                        f"{out_dir / 'best.yaml'}\n" + yaml.safe_dump(override, sort_keys=True))
     _plots(study, sw, out_dir)
     final = apply(params, bt.params, sw["method"])
-    test = ChainRunner(final, load_chain_data(final, feature_root, "test")).run(final)
+    runner = ChainRunner(final, load_chain_data(final, feature_root, "test"))
+    test = runner.run(final)
     summary = {"study": study.study_name, "n_trials": len(trials),
                "states": {s.name: sum(t.state == s for t in trials) for s in FINISHED},
                "best": {"number": bt.number, "value": bt.value, "params": bt.params},
-               "test": test}
+               "space": sw["space"], "test": test}
+    if sw.get("baseline"):  # the method's defaults on the same test data: defaults vs tuned
+        summary["default_test"] = runner.run(params)
     write_json(out_dir / "summary.json", summary)
     return summary
 

@@ -29,6 +29,19 @@ from cmcl.models import MultiHead
 
 REGISTRY: dict[str, type[Strategy]] = {}
 
+# the shared learning rate every method's search space includes (AdamW on linear heads)
+LR = {"type": "float", "low": 1e-3, "high": 0.1, "log": True}
+
+
+def log_range(low: float, high: float) -> dict:
+    """A log-uniform float range of a search space."""
+    return {"type": "float", "low": low, "high": high, "log": True}
+
+
+def choice(*choices) -> dict:
+    """A categorical dimension of a search space."""
+    return {"type": "categorical", "choices": list(choices)}
+
 
 @dataclass
 class TaskContext:
@@ -61,6 +74,12 @@ class Strategy:
     joint: bool = False
     # options that cannot change the first step (no past yet): sweeps train it once and reuse it
     first_step_ignores: tuple[str, ...] = ()
+    # what `snakemake tune` searches, with the same n_trials for every method: {key: spec} with
+    # keys = option names or dotted params paths (train.lr); None = undeclared (tune refuses)
+    space: dict | None = None
+    # the option that holds the method's share of the shared memory budget (budget.samples):
+    # {option: "samples"} (one buffer) or {option: "per_task"} (samples / number of tasks)
+    budget: dict = {}
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
@@ -69,7 +88,7 @@ class Strategy:
     @classmethod
     def info(cls) -> MethodInfo:
         return MethodInfo(cls.name, cls.description, cls.citation, cls.options, cls.joint,
-                          tuple(cls.first_step_ignores))
+                          tuple(cls.first_step_ignores), cls.space, dict(cls.budget))
 
     @classmethod
     def resolve_options(cls, given: dict, where: str | None = None) -> dict:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from cmcl.strategies import register
+from cmcl.strategies import LR, log_range, register
 from cmcl.strategies.gpm import InputProjection
 from cmcl.subspace import THRESHOLD_MODES, Projector, spectrum
 
@@ -66,6 +66,8 @@ class AdamNSCL(InputProjection):
         "threshold_mode": {"enum": [*THRESHOLD_MODES, "min_ratio"], "default": "relative"},
         "a": {"type": "number", "minimum": 0, "default": 1e-3},
     }}
+    # the null-space threshold a (relative to the largest eigenvalue)
+    space = {"a": log_range(1e-6, 0.3), "train.lr": LR}
 
     @classmethod
     def resolve_options(cls, given: dict, where: str | None = None) -> dict:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 
 EPS = 1e-12
 
@@ -52,6 +52,9 @@ class CFlat(Strategy):
         "lambda": {"type": "number", "minimum": 0, "default": 0.2,
                    "description": "weight of the first-order flatness term (0: SAM)"},
     }}
+    # C-Flat's perturbation radius ρ and flatness weight λ
+    space = {"rho": log_range(0.01, 1.0), "lambda": {"type": "float", "low": 0.0, "high": 1.0},
+             "train.lr": LR}
 
     def params(self, ctx: TaskContext) -> list[torch.nn.Parameter]:
         """The task's head parameters that hold a gradient (those the optimizer steps)."""

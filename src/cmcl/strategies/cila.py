@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from cmcl.losses import info_nce, resolve
-from cmcl.strategies import TaskContext, register
+from cmcl.strategies import LR, TaskContext, log_range, register
 from cmcl.strategies.co2l import CO2L_OPTIONS, Co2L
 
 
@@ -42,6 +42,10 @@ class CILA(Co2L):
         "adapt": {"type": "boolean", "default": True},
         "max_ratio": {"type": "number", "minimum": 1, "default": 100.0},
     }}
+    # Co²L's temperatures plus the base of the adaptive distillation coefficient
+    space = {"temperature": log_range(0.05, 1.0), "ird_current_temperature": log_range(0.05, 1.0),
+             "ird_past_temperature": log_range(0.005, 0.5), "base_weight": log_range(0.1, 10.0),
+             "train.lr": LR}
     first_step_ignores = ("base_weight", "adapt", "max_ratio", "ird_current_temperature",
                           "ird_past_temperature")
     salt = 505

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from cmcl.io import read_json, write_json
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.replay import ReservoirBuffer, step_generator
 
 CITATION = "Cha, Lee, Shin. Co2L: Contrastive Continual Learning. ICCV 2021"
@@ -104,6 +104,11 @@ class Co2L(Strategy):
     citation = CITATION
     options = {"properties": {**CO2L_OPTIONS,
                               "ird_weight": {"type": "number", "minimum": 0, "default": 1.0}}}
+    # Co²L's tuned knobs: SupCon τ, the IRD temperatures and the distillation weight
+    space = {"temperature": log_range(0.05, 1.0), "ird_current_temperature": log_range(0.05, 1.0),
+             "ird_past_temperature": log_range(0.005, 0.5), "ird_weight": log_range(0.1, 10.0),
+             "train.lr": LR}
+    budget = {"memory_size": "samples"}
     first_step_ignores = ("ird_weight", "ird_current_temperature", "ird_past_temperature")
     salt = 404
 

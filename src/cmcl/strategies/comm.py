@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from cmcl.io import load_tensors, read_json, save_tensors, write_json
 from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.comm_adapters import Adapters
 from cmcl.strategies.pseudo import GaussianMemory
 from cmcl.strategies.replay import step_generator
@@ -79,6 +79,10 @@ class COMM(Strategy):
         "covariance_rank": {"type": "integer", "minimum": 1, "default": 4},
         "train_heads": {"type": "boolean", "default": True},
     }}
+    # adapter rank, the self-regulariser's and the re-alignment's weights
+    space = {"rank": {"type": "int", "low": 2, "high": 16, "log": True},
+             "reg_weight": log_range(0.01, 10.0), "realign_weight": log_range(0.1, 10.0),
+             "train.lr": LR}
     first_step_ignores = ("reg_weight", "realign_weight")
     salt = 606
     # options that shape the saved state: a reloaded state must have been built with them

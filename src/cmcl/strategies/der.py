@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cmcl.losses import resolve
-from cmcl.strategies import TaskContext, register
+from cmcl.strategies import LR, TaskContext, choice, log_range, register
 from cmcl.strategies.er import BUFFER_OPTIONS, ER
 from cmcl.strategies.replay import ReplayBatch, replay_loss
 
@@ -46,6 +46,9 @@ class DER(ER):
     citation = CITATION
     options = {"properties": {**BUFFER_OPTIONS,
                               "alpha": {"type": "number", "minimum": 0, "default": 0.3}}}
+    # DER's α (logit-matching weight) and the buffer policy (Buzzega et al. grid-search α)
+    space = {"alpha": log_range(0.01, 10.0), "stream_epochs": choice("all", "first"),
+             "train.lr": LR}
     store_embeddings = True
     salt = 202  # shared with DER++, so both draw the same first batch from the same state
     two_batches = False
@@ -74,4 +77,7 @@ class DERpp(DER):
     citation = CITATION
     options = {"properties": {**DER.options["properties"],
                               "beta": {"type": "number", "minimum": 0, "default": 0.5}}}
+    # DER++'s α and β, and the buffer policy
+    space = {"alpha": log_range(0.01, 10.0), "beta": log_range(0.01, 10.0),
+             "stream_epochs": choice("all", "first"), "train.lr": LR}
     two_batches = True

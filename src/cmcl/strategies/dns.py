@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.subspace import (
     THRESHOLD_MODES,
     FactoredGradients,
@@ -76,6 +76,9 @@ class DNS(Strategy):
 
     # with no past there is nothing to project: the first task is plain training
     first_step_ignores = ("threshold_in", "threshold_out", "threshold_mode", "sides")
+    # both sides' null-space thresholds (relative mode)
+    space = {"threshold_in": log_range(1e-6, 0.3), "threshold_out": log_range(1e-6, 0.3),
+             "train.lr": LR}
     # rotated: rotate the task's inputs once (train_inputs); False rotates every batch by a
     # forward hook instead (the reference the tests compare against)
     per_task_inputs: bool = True

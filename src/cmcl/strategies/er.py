@@ -18,7 +18,7 @@ import torch
 
 from cmcl.losses import resolve
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, choice, log_range, register
 from cmcl.strategies.replay import ReservoirBuffer, replay_loss, step_generator
 
 BUFFER_OPTIONS = {
@@ -43,6 +43,10 @@ class ER(Strategy):
     citation = "Chaudhry et al. On Tiny Episodic Memories in Continual Learning. arXiv:1902.10486"
     options = {"properties": {**BUFFER_OPTIONS,
                               "weight": {"type": "number", "minimum": 0, "default": 1.0}}}
+    # the replay weight and the buffer policy; the buffer's size is the shared budget
+    space = {"weight": log_range(0.1, 10.0), "stream_epochs": choice("all", "first"),
+             "replay_batch_size": choice(16, 32, 64), "train.lr": LR}
+    budget = {"memory_size": "samples"}
     store_embeddings = False
     salt = 101  # separates this method's random streams from the data loader's
 

@@ -17,7 +17,7 @@ import torch
 from cmcl.io import load_tensors, read_json, save_tensors, write_json
 from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.replay import step_generator
 
 
@@ -36,6 +36,9 @@ class EWC(Strategy):
         "lambda": {"type": "number", "minimum": 0, "default": 100.0},
         "gamma": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0},
     }}
+    # λ (the scale of this batch-gradient Fisher is not the papers'), P&C's online decay γ
+    space = {"lambda": log_range(1.0, 1e5),
+             "gamma": {"type": "float", "low": 0.5, "high": 1.0}, "train.lr": LR}
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)

@@ -1,6 +1,6 @@
 """Vanilla sequential fine-tuning: the lower bound every continual method must beat."""
 
-from cmcl.strategies import Strategy, register
+from cmcl.strategies import LR, Strategy, register
 
 
 @register
@@ -8,3 +8,4 @@ class Finetune(Strategy):
     name = "finetune"
     description = "sequential fine-tuning, no protection against forgetting (Vanilla)"
     citation = "baseline"
+    space = {"train.lr": LR}  # nothing of its own to tune: the learning rate only

@@ -22,7 +22,7 @@ from scipy.optimize import nnls
 
 from cmcl.losses import resolve
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, choice, register
 from cmcl.strategies.replay import EpisodicMemory, ReplayBatch, replay_loss, step_generator
 
 
@@ -127,6 +127,9 @@ class GEM(_Episodic):
     options = {"properties": {**MEMORY, "margin": {
         "type": "number", "minimum": 0, "default": 0.5,
         "description": "memory_strength of the authors' code: dual variables >= margin"}}}
+    # the memory strength (the authors' grid: 0, 0.1, 0.5, 1); memory size is the budget
+    space = {"margin": {"type": "float", "low": 0.0, "high": 1.0}, "train.lr": LR}
+    budget = {"memory_per_task": "per_task"}
 
     def references(self, ctx: TaskContext, params: list) -> torch.Tensor | None:
         rows = [self.memory_grad(ctx, params, [rb]) for rb in self.memory.task_batches()]
@@ -145,6 +148,9 @@ class AGEM(_Episodic):
                "ICLR 2019"
     options = {"properties": {**MEMORY, "ref_batch_size": {
         "type": "integer", "minimum": 1, "default": 256}}}
+    # the buffer policy: how many stored pairs form the reference gradient
+    space = {"ref_batch_size": choice(64, 128, 256), "train.lr": LR}
+    budget = {"memory_per_task": "per_task"}
 
     def references(self, ctx: TaskContext, params: list) -> torch.Tensor | None:
         batches = self.memory.sample(self.opts["ref_batch_size"], self.gen)

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, register
 from cmcl.subspace import (
     THRESHOLD_MODES,
     FactoredGradients,
@@ -247,6 +247,8 @@ class GPM(InputProjection):
         "threshold_mode": {"enum": list(THRESHOLD_MODES), "default": "energy"},
         "threshold": {"type": "number", "minimum": 0, "default": 0.97},
     }}
+    # the kept-energy threshold (GPM tunes it per layer, 0.97-0.99+; one value here)
+    space = {"threshold": {"type": "float", "low": 0.5, "high": 0.9999}, "train.lr": LR}
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)

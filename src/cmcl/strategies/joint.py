@@ -5,7 +5,7 @@ task's training data (steps 0 and T only), so its final row is comparable with t
 its BWT is undefined.
 """
 
-from cmcl.strategies import Strategy, register
+from cmcl.strategies import LR, Strategy, register
 
 
 @register
@@ -14,3 +14,4 @@ class Joint(Strategy):
     description = "joint training on all tasks at once (upper bound; one step over the union)"
     citation = "reference point"
     joint = True
+    space = {"train.lr": LR}  # nothing of its own to tune: the learning rate only

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from cmcl.io import read_json, write_json
 from cmcl.losses import resolve
 from cmcl.models import MultiHead
-from cmcl.strategies import Strategy, TaskContext, register
+from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 
 
 def logits(za: torch.Tensor, zb: torch.Tensor, lc: dict) -> torch.Tensor:
@@ -56,6 +56,8 @@ class LwF(Strategy):
         "heads": {"enum": ["seen", "all"], "default": "seen",
                   "description": "distil only heads trained in an earlier task, or all"},
     }}
+    # the distillation weight and temperature (LwF's λ_o and T)
+    space = {"alpha": log_range(0.1, 10.0), "temperature": log_range(0.5, 8.0), "train.lr": LR}
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)

@@ -1,0 +1,88 @@
+# The tuning matrix: `snakemake --cores 2 tune`. One Optuna study per (sequence, method), each
+# with tune.n_trials trials from the method file's own search space, run by tune.n_workers
+# worker jobs (Slurm jobs under the slurm profile) on the study's own journal; tune_export
+# writes one params override per sequence (review it, then copy it to pipeline/params/tuned/).
+import cmcl.tuning as cmcl_tuning
+
+TUNE_MATRIX = cmcl_tuning.tune_matrix(config)
+
+
+def get_tune_cfg(wildcards):
+    """Only this study's inputs: tuning one method never reruns another's workers."""
+    return as_json(cmcl_tuning.tune_cfg(config, wildcards.sequence, wildcards.method))
+
+
+rule tune_worker:
+    """Run trials of one (sequence, method) study until it holds tune.n_trials."""
+    input:
+        lambda wildcards: features(wildcards.sequence, "train"),
+    output:
+        "results/tune/{sequence}/{method}/worker{worker}.json",
+    params:
+        cfg=get_tune_cfg,
+        journal=lambda wildcards: f"results/tune/{wildcards.sequence}/{wildcards.method}/journal.log",
+    conda:
+        "../envs/cmcl.yaml"
+    log:
+        "logs/tune/{sequence}/{method}_worker{worker}.log",
+    benchmark:
+        "results/benchmarks/tune/{sequence}/{method}_worker{worker}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m cmcl sweep-worker --cfg {params.cfg:q} "
+        "--journal {params.journal} --worker {wildcards.worker} --out {output} > {log} 2>&1"
+
+
+rule tune_best:
+    """The study's best values, its figures, and test scores of best and default values."""
+    input:
+        workers=lambda wildcards: expand(
+            "results/tune/{sequence}/{method}/worker{worker}.json",
+            sequence=wildcards.sequence,
+            method=wildcards.method,
+            worker=range(config["tune"]["n_workers"]),
+        ),
+        train=lambda wildcards: features(wildcards.sequence, "train"),
+        test=lambda wildcards: features(wildcards.sequence, "test"),
+    output:
+        summary="reports/tune/{sequence}/{method}/summary.json",
+        best="reports/tune/{sequence}/{method}/best.yaml",
+        history="reports/tune/{sequence}/{method}/history.png",
+        importances="reports/tune/{sequence}/{method}/importances.png",
+        slice="reports/tune/{sequence}/{method}/slice.png",
+    params:
+        cfg=get_tune_cfg,
+        journal=lambda wildcards: f"results/tune/{wildcards.sequence}/{wildcards.method}/journal.log",
+    conda:
+        "../envs/cmcl.yaml"
+    log:
+        "logs/tune/{sequence}/{method}_best.log",
+    shell:
+        "python -m cmcl sweep-best --cfg {params.cfg:q} --journal {params.journal} "
+        "--out-dir reports/tune/{wildcards.sequence}/{wildcards.method} > {log} 2>&1"
+
+
+rule tune_export:
+    """One params override per sequence with the record of every study."""
+    input:
+        lambda wildcards: [f"reports/tune/{wildcards.sequence}/{m}/summary.json"
+                           for s, m in TUNE_MATRIX if s == wildcards.sequence],
+    output:
+        "reports/tune/{sequence}/tuned.yaml",
+    params:
+        cfg=lambda wildcards: as_json({k: config[k] for k in ("tune", "train", "budget")}),
+        methods=lambda wildcards: [m for s, m in TUNE_MATRIX if s == wildcards.sequence],
+    log:
+        "logs/tune/{sequence}/export.log",
+    shell:
+        "python -m cmcl tune-export --cfg {params.cfg:q} --sequence {wildcards.sequence} "
+        "--methods {params.methods} --summaries {input} --out {output} > {log} 2>&1"
+
+
+rule tune:
+    """Target: every sequence's tuned file."""
+    input:
+        expand("reports/tune/{sequence}/tuned.yaml", sequence=dict.fromkeys(s for s, _ in TUNE_MATRIX)),

@@ -1,0 +1,191 @@
+"""The tuning matrix: per-method spaces and studies, the shared budget, the exported tuned file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from cmcl.catalog import methods as catalog
+from cmcl.config import check
+from cmcl.strategies import REGISTRY, Strategy, discover, register
+from cmcl.sweep import ChainRunner, best, load_chain_data, open_study, study_name, worker
+from cmcl.tuning import export, tune_cfg, tune_matrix
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "lo": {"corpus": "c", "modalities": ["image", "audio"], "classes": [0, 1],
+           "pairing": "class", "relevance": "label"},
+    "hi": {"corpus": "c", "modalities": ["image", "audio"], "classes": [2, 3],
+           "pairing": "class", "relevance": "label"},
+}
+
+
+def raw_params(corpus: Path) -> dict:
+    """params.yaml cut down to two tiny tasks of a temp corpus (schema-complete)."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p |= {"corpora": {"c": {"path": str(corpus)}}, "tasks": TASKS, "sequences": {"s": ["lo", "hi"]},
+          "model": {"embed_dim": 8}, "overrides": {}, "variants": {}, "tuned": None,
+          "methods": {}, "budget": {"samples": 8}}
+    p["train"] |= {"methods": ["finetune", "ewc", "er", "gem"], "seeds": [1], "epochs": 2,
+                   "batch_size": 8, "lr": 0.05}
+    p["eval"] |= {"n_subsets": 1, "subset_size": 100}
+    p["tune"] |= {"n_trials": 3, "n_workers": 1, "n_startup_trials": 2, "val_fraction": 0.25}
+    p.pop("sweep", None)
+    return p
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, one_thread):
+    from conftest import make_corpus
+
+    from cmcl.embed import embed_split
+    from cmcl.shards import shard_task
+
+    d = tmp_path_factory.mktemp("tune")
+    corpus = make_corpus(d / "corpus", n_per_class=12)
+    for name, t in TASKS.items():
+        for split in ("train", "test"):
+            shard_task({"name": name, **t}, {"path": str(corpus)}, split, d / f"s/{name}/{split}")
+            embed_split(d / f"s/{name}/{split}", d / f"features/{name}/{split}",
+                        {"image": "pixels", "audio": "mfcc_stats"})
+    return d, raw_params(corpus)
+
+
+@pytest.fixture
+def planted():
+    """A method whose validation score peaks at x = 0.3: evaluation embeddings get noise
+    growing with |x - 0.3| (training is plain fine-tuning)."""
+    catalog()  # memoised first: the catalog cached on disk must never list the test method
+
+    @register
+    class Planted(Strategy):
+        name = "planted"
+        options = {"properties": {"x": {"type": "number", "default": 0.9}}}
+        space = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
+        first_step_ignores = ("x",)
+
+        def embed(self, model, modality, x):
+            z = model(modality, x)
+            if torch.is_grad_enabled():
+                return z
+            r = torch.randn(x.shape[1], z.shape[1],
+                            generator=torch.Generator().manual_seed(x.shape[1]))
+            return z + 20 * abs(self.opts["x"] - 0.3) * torch.sin(x @ r)
+
+    yield Planted
+    REGISTRY.pop("planted")  # never let the test method reach the catalog cache
+
+
+def test_planted_method_ends_at_its_peak_within_the_budget(setup, planted, tmp_path):
+    d, raw = setup
+    p = check(raw)
+    cfg = tune_cfg(p, "s", "planted", space=planted.space)
+    cfg["sweep"] |= {"n_trials": 16, "n_startup_trials": 5}
+    worker(cfg, d / "features", tmp_path / "journal.log", 0, tmp_path / "w0.json")
+    study = open_study(cfg, tmp_path / "journal.log")
+    assert len(study.trials) == 16
+    assert abs(study.best_params["x"] - 0.3) < 0.1, study.best_params
+
+
+def test_every_method_declares_a_space_of_its_own_options():
+    for name, info in catalog().items():
+        assert info.space, f"{name} declares no search space"
+        assert "train.lr" in info.space, f"{name}: the shared lr is tuned for every method"
+        props = info.options.get("properties", {})
+        assert all(k in props or k.startswith("train.") for k in info.space), name
+    assert set(catalog()["finetune"].space) == {"train.lr"} == set(catalog()["joint"].space)
+
+
+@pytest.fixture(scope="module")
+def studies(setup, tmp_path_factory):
+    """finetune and ewc tuned on ONE shared journal: their studies must still stay apart."""
+    d, raw = setup
+    p = check(raw)
+    out = tmp_path_factory.mktemp("studies")
+    journal = out / "journal.log"
+    cfgs = {m: tune_cfg(p, "s", m) for m in ("finetune", "ewc")}
+    for m, cfg in cfgs.items():
+        worker(cfg, d / "features", journal, 0, out / f"{m}.json")
+    return d, p, cfgs, journal, out
+
+
+def test_two_methods_studies_stay_apart(studies):
+    _, _, cfgs, journal, _ = studies
+    names = {m: study_name(c) for m, c in cfgs.items()}
+    assert names["finetune"] != names["ewc"]
+    got = {s.study_name: s for s in optuna.get_all_study_summaries(open_study(
+        cfgs["ewc"], journal)._storage)}
+    assert set(got) == set(names.values())
+    for cfg in cfgs.values():
+        trials = open_study(cfg, journal).get_trials()
+        assert len(trials) == 3  # exactly n_trials each, none borrowed from the other study
+        assert all(set(t.params) == set(cfg["sweep"]["space"]) for t in trials)
+    assert "lambda" in cfgs["ewc"]["sweep"]["space"] and set(
+        cfgs["finetune"]["sweep"]["space"]) == {"train.lr"}
+
+
+def test_a_space_change_restarts_only_its_study(setup):
+    _, raw = setup
+    p = check(raw)
+    before = {m: study_name(tune_cfg(p, "s", m)) for m in ("finetune", "ewc", "er")}
+    narrow = check({**raw, "tune": {**raw["tune"], "spaces": {
+        "ewc": {"lambda": {"type": "float", "low": 1.0, "high": 10.0, "log": True}}}}})
+    after = {m: study_name(tune_cfg(narrow, "s", m)) for m in before}
+    assert after["ewc"] != before["ewc"]
+    assert after["finetune"] == before["finetune"] and after["er"] == before["er"]
+    # adding a method or a seed, or another method's options, restarts nothing
+    more = {**raw, "train": {**raw["train"], "methods": [*raw["train"]["methods"], "dns"],
+                             "seeds": [1, 2]},
+            "methods": {"er": {"weight": 3.0}}}
+    again = check(more)
+    assert study_name(tune_cfg(again, "s", "ewc")) == before["ewc"]
+    assert study_name(tune_cfg(again, "s", "finetune")) == before["finetune"]
+    assert ("s", "dns") in tune_matrix(again)
+    # ...while the shared data (a task's classes) restarts every study on it
+    other = {**raw, "tasks": {**TASKS, "hi": {**TASKS["hi"], "classes": [1, 2]}}}
+    assert study_name(tune_cfg(check(other), "s", "ewc")) != before["ewc"]
+
+
+def test_exported_tuned_file_validates_and_reruns_to_the_recorded_score(studies, tmp_path):
+    d, p, cfgs, journal, out = studies
+    summaries = {}
+    for m, cfg in cfgs.items():
+        best(cfg, d / "features", journal, out / m)
+        summaries[m] = out / m / "summary.json"
+    tuned = export(p, "s", summaries, tmp_path / "tuned.yaml")
+    rec = tuned["record"]["methods"]["ewc"]
+    assert rec["trials"]["COMPLETE"] + rec["trials"]["PRUNED"] == 3
+    assert rec["space"] == cfgs["ewc"]["sweep"]["space"] and rec["default_test"]
+
+    raw = {**raw_params(Path(p["corpora"]["c"]["path"])), "tuned": str(tmp_path / "tuned.yaml")}
+    used = check(raw)  # the exported file validates as the default run's `tuned:`
+    assert used["methods"]["ewc"]["lambda"] == rec["best"]["lambda"]
+    assert used["overrides"]["ewc"]["train"]["lr"] == rec["best"]["train.lr"]
+    assert used["overrides"]["finetune"]["train"]["lr"] == \
+        tuned["record"]["methods"]["finetune"]["best"]["train.lr"]
+    assert used["train"]["lr"] == p["train"]["lr"]  # the shared lr stays every method's default
+    # the tuned values are outside the study's identity: adopting them restarts nothing
+    assert study_name(tune_cfg(used, "s", "ewc")) == study_name(cfgs["ewc"])
+    # the run as the pipeline configures it (tuned options + overrides) reproduces the score
+    run = tune_cfg(used, "s", "ewc")
+    run["methods"]["ewc"] = used["methods"]["ewc"]
+    run["overrides"] = {"ewc": used["overrides"]["ewc"]}
+    res = ChainRunner(run, load_chain_data(run, d / "features", "test")).run(run)
+    assert res["objective"] == pytest.approx(rec["test"]["objective"], abs=1e-5)
+    # params.yaml's own value wins over the tuned one
+    mine = check({**raw, "methods": {"ewc": {"lambda": 7.0}}})
+    assert mine["methods"]["ewc"]["lambda"] == 7.0
+
+
+def test_budget_sets_every_storing_method_and_refuses_another_size(setup):
+    _, raw = setup
+    p = check(raw)
+    assert p["methods"]["er"]["memory_size"] == 8 and p["methods"]["derpp"]["memory_size"] == 8
+    assert p["methods"]["gem"]["memory_per_task"] == 4  # 8 samples over 2 tasks
+    with pytest.raises(ValueError, match="methods.er.memory_size: 9 is not the shared budget"):
+        check({**raw, "methods": {"er": {"memory_size": 9}}})
+    assert all(m in discover() for m in p["train"]["methods"])
