@@ -2,13 +2,22 @@
 # The DAG lives here only; dvc.yaml calls these targets. Settings: params.yaml (override with
 # `snakemake --configfile my.yaml`), cluster settings: pipeline/profiles/.
 
-from cmcl.config import check, compose
+import sys
+from pathlib import Path
+
+from cmcl.config import check, compose_noting, read_params
+
+if Path("params.yaml").exists():  # Snakemake's own loading names no line, keeps duplicate keys
+    read_params("params.yaml")
 
 configfile: "params.yaml"
 
 if workflow.overwrite_configfiles:
     # --configfile files merge over params.yaml unless one says `extends` (null: run alone)
-    config = compose(workflow.overwrite_configfiles, extra=workflow.config_settings.config)
+    config, note = compose_noting(workflow.overwrite_configfiles,
+                                  extra=workflow.config_settings.config)
+    if note and workflow.is_main_process:  # once, not again in every job's own parse
+        print(note, file=sys.stderr)
 config = check(config, "pipeline/schemas/params.schema.yaml", source="params.yaml")
 
 

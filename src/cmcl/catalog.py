@@ -86,17 +86,25 @@ def methods() -> dict[str, MethodInfo]:
 
 
 def resolve_options(info: MethodInfo, given: dict, where: str | None = None) -> dict:
-    """Validate a method's options against its schema and fill the defaults."""
+    """Fill a method's option defaults and validate the result against its schema.
+
+    Validating the filled options lets the schema's cross-field rules (`allOf` of if/then, e.g.
+    a threshold's range per `threshold_mode`) see defaulted values too; a rule's "$comment"
+    says why in the message.
+    """
     import jsonschema
 
     where = where or f"methods.{info.name}"
-    errors = list(jsonschema.Draft202012Validator(info.schema()).iter_errors(given))
+    out = dict(given) if isinstance(given, dict) else given
+    if isinstance(out, dict):
+        for key, sub in info.options.get("properties", {}).items():
+            if key not in out and "default" in sub:
+                out[key] = sub["default"]
+    errors = list(jsonschema.Draft202012Validator(info.schema()).iter_errors(out))
     if errors:
         lines = [f"  {'.'.join([where, *map(str, e.absolute_path)])}: {e.message}"
+                 + (f" ({e.schema['$comment']})" if isinstance(e.schema, dict)
+                    and "$comment" in e.schema else "")
                  for e in errors]
         raise ValueError("invalid method options\n" + "\n".join(lines))
-    out = dict(given)
-    for key, sub in info.options.get("properties", {}).items():
-        if key not in out and "default" in sub:
-            out[key] = sub["default"]
     return out

@@ -255,13 +255,42 @@ def train_cfg(params: Mapping, sequence: str, run: str, step: int) -> dict:
             "task": step_task(params, sequence, run, step)}
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first[key] + 1}): "
+                        "YAML would keep the last value silently; remove one",
+                        key_node.start_mark)
+                first[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: construct_mapping names it
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def read_params(path: str | Path) -> dict:
-    """One params file's top-level mapping; errors name the file."""
+    """One params file's top-level mapping; errors name the file (and line and column)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at line "
+                          f"{line}); save the file as UTF-8") from None
+    try:
+        raw = yaml.load(text, UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{at}: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
@@ -289,16 +318,42 @@ def compose(files: list[str | Path], default_base: str | Path = "params.yaml",
     working directory), or null for none, so a complete file such as a paper setting runs
     exactly as written. `extra` (Snakemake's --config) is merged last.
     """
+    return compose_noting(files, default_base, extra)[0]
+
+
+MERGED_SECTIONS = ("corpora", "tasks", "sequences")  # declarations a file may redefine
+
+
+def compose_noting(files: list[str | Path], default_base: str | Path = "params.yaml",
+                   extra: Mapping | None = None) -> tuple[dict, str | None]:
+    """compose, plus a notice naming every declaration a file merges into (None: none).
+
+    A task, corpus or sequence that a file declares again is merged key by key (a sequence is
+    replaced), silently in Snakemake; the notice says which, so a reused name is a choice.
+    """
     layers = [read_params(f) for f in files]
     declared = [layer["extends"] for layer in layers if "extends" in layer]
     base = declared[-1] if declared else default_base
     if base is not None and not declared and not Path(base).exists():
         base = None  # a lone complete file validated outside the project folder
     out = read_params(base) if base is not None else {}
-    for layer in [*layers, extra or {}]:
+    merged: list[str] = []
+    for f, layer in zip(files, layers, strict=True):
+        for sect in MERGED_SECTIONS:
+            have = out.get(sect)
+            for name in (layer.get(sect) or {}) if isinstance(have, Mapping) else ():
+                if name in have:
+                    how = "replaced" if sect == "sequences" else "merged key by key"
+                    merged.append(f"{sect}.{name} ({how}, by {f})")
         out = deep_merge(out, layer)
+    out = deep_merge(out, extra or {})
     out.pop("extends", None)
-    return out
+    note = None
+    if merged:
+        note = (f"cmcl: notice: {', '.join(merged)} already declared in {base}: keys the file "
+                "does not set keep their values there; use a new name for a new declaration, "
+                "or `extends: null` to run the file alone")
+    return out, note
 
 
 def load(path: str | Path, schema_path: str | Path = SCHEMA, as_configfile: bool = False) -> dict:

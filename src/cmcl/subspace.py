@@ -17,6 +17,26 @@ from cmcl.io import load_tensors, read_json, save_tensors, write_json
 
 THRESHOLD_MODES = ("absolute", "relative", "energy")
 SIDES = ("in", "out")
+# what a threshold must be in each mode, as JSON schema (select_rank's own rule, and relative
+# >= 1, which keeps nothing: eigenvalues > t * largest); "$comment" is the message's reason
+THRESHOLD_RULES = {
+    "energy": {"exclusiveMinimum": 0, "maximum": 1,
+               "$comment": "threshold_mode energy keeps this fraction of the spectrum's energy, "
+                           "a value in (0, 1]"},
+    "relative": {"exclusiveMaximum": 1,
+                 "$comment": "threshold_mode relative protects eigenvalues above threshold x "
+                             "the largest: >= 1 protects nothing (the step equals fine-tuning)"},
+}
+
+
+def threshold_rules(key: str, when: Mapping | None = None, mode_key: str = "threshold_mode"
+                    ) -> list[dict]:
+    """JSON-schema if/then rules for option `key` by mode (and `when`, more option conditions),
+    declared in a method's `options` so config.check runs them at start-up via the catalog."""
+    return [{"if": {"properties": {mode_key: {"const": mode}, **(when or {})},
+                    "required": [mode_key, *(when or {})]},
+             "then": {"properties": {key: rule}}}
+            for mode, rule in THRESHOLD_RULES.items()]
 
 
 class RunningCovariance:

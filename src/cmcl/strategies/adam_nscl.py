@@ -39,7 +39,7 @@ import torch
 
 from cmcl.strategies import LR, log_range, register
 from cmcl.strategies.gpm import InputProjection
-from cmcl.subspace import THRESHOLD_MODES, Projector, spectrum
+from cmcl.subspace import THRESHOLD_MODES, Projector, spectrum, threshold_rules
 
 
 def min_ratio_rank(eigvals: torch.Tensor, a: float) -> int:
@@ -65,19 +65,14 @@ class AdamNSCL(InputProjection):
                                      "optimizer, cheaper; bias-free heads only)"},
         "threshold_mode": {"enum": [*THRESHOLD_MODES, "min_ratio"], "default": "relative"},
         "a": {"type": "number", "minimum": 0, "default": 1e-3},
-    }}
+    }, "allOf": [*threshold_rules("a"), {
+        "if": {"properties": {"threshold_mode": {"const": "min_ratio"}},
+               "required": ["threshold_mode"]},
+        "then": {"properties": {"a": {"minimum": 1, "$comment": (
+            "threshold_mode min_ratio: the null space is the eigenvalues <= a x the smallest; "
+            "a < 1 leaves it empty (no learning at all)")}}}}]}
     # the null-space threshold a (relative to the largest eigenvalue)
     space = {"a": log_range(1e-6, 0.3), "train.lr": LR}
-
-    @classmethod
-    def resolve_options(cls, given: dict, where: str | None = None) -> dict:
-        """min_ratio with a < 1 would leave an empty null space (no learning at all)."""
-        out = super().resolve_options(given, where)
-        if out["threshold_mode"] == "min_ratio" and out["a"] < 1:
-            raise ValueError(f"invalid method options\n  {where or f'methods.{cls.name}'}.a: "
-                             f"min_ratio needs a >= 1 (null space = eigenvalues <= a * "
-                             f"smallest eigenvalue), got {out['a']}")
-        return out
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)

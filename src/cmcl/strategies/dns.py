@@ -43,6 +43,7 @@ from cmcl.subspace import (
     RotatedHeads,
     SubspaceState,
     null_space_update_,
+    threshold_rules,
 )
 
 
@@ -72,7 +73,8 @@ class DNS(Strategy):
         "faithful_counts": {"type": ["boolean", "null"], "default": None,
                             "description": "covariances by the authors' running-mean rule "
                                            "(null: when placement is faithful)"},
-    }}
+    }, "allOf": [*threshold_rules("threshold_in", {"sides": {"enum": ["both", "input"]}}),
+                 *threshold_rules("threshold_out", {"sides": {"enum": ["both", "output"]}})]}
 
     # with no past there is nothing to project: the first task is plain training
     first_step_ignores = ("threshold_in", "threshold_out", "threshold_mode", "sides")

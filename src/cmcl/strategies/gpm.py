@@ -50,7 +50,7 @@ from cmcl.subspace import (
     RotatedHeads,
     SubspaceState,
     null_space_update_,
-    select_rank,
+    threshold_rules,
 )
 
 
@@ -85,21 +85,6 @@ class InputProjection(Strategy):
 
     def load_task_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         """Nothing to restore (see task_state)."""
-
-    @classmethod
-    def resolve_options(cls, given: dict, where: str | None = None) -> dict:
-        """Schema check, then the rule the schema cannot express: the threshold must suit its
-        mode (e.g. an energy fraction lies in (0, 1]); checked by select_rank itself."""
-        out = super().resolve_options(given, where)
-        where = where or f"methods.{cls.name}"
-        mode, thr = out["threshold_mode"], float(out[cls.threshold_key])
-        if mode in THRESHOLD_MODES:
-            try:
-                select_rank(torch.ones(1, dtype=torch.float64), mode, thr)
-            except ValueError as e:
-                raise ValueError(f"invalid method options\n  {where}.{cls.threshold_key}: "
-                                 f"{e}") from None
-        return out
 
     @staticmethod
     def _bias(model: MultiHead) -> bool:
@@ -246,7 +231,7 @@ class GPM(InputProjection):
                                      "another optimizer, cheaper; bias-free heads only)"},
         "threshold_mode": {"enum": list(THRESHOLD_MODES), "default": "energy"},
         "threshold": {"type": "number", "minimum": 0, "default": 0.97},
-    }}
+    }, "allOf": threshold_rules("threshold")}
     # the kept-energy threshold (GPM tunes it per layer, 0.97-0.99+; one value here)
     space = {"threshold": {"type": "float", "low": 0.5, "high": 0.9999}, "train.lr": LR}
 

@@ -1,0 +1,171 @@
+"""Parameters that pass the schema but cannot do what they say are refused at start-up, naming
+the key: thresholds out of range for their mode, duplicate YAML keys, silent merges."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmcl.config import ParamsError, check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def params(**methods) -> dict:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["methods"].update(methods)
+    return p
+
+
+@pytest.mark.parametrize("method, opts, message", [
+    ("dns", {"threshold_in": 1.0},
+     "methods.dns.threshold_in: 1.0 is greater than or equal to the maximum of 1 "
+     "(threshold_mode relative protects eigenvalues above threshold x the largest: >= 1 "
+     "protects nothing"),
+    ("dns", {"threshold_mode": "relative", "threshold_out": 3},
+     "methods.dns.threshold_out: 3 is greater than or equal to the maximum of 1"),
+    ("dns", {"threshold_mode": "energy", "threshold_in": 0.9, "threshold_out": 1.5},
+     "methods.dns.threshold_out: 1.5 is greater than the maximum of 1 (threshold_mode energy "
+     "keeps this fraction of the spectrum's energy, a value in (0, 1])"),
+    ("dns", {"threshold_mode": "energy", "threshold_in": 0, "threshold_out": 0.9},
+     "methods.dns.threshold_in: 0 is less than or equal to the minimum of 0"),
+    ("gpm", {"threshold": 1.5}, "methods.gpm.threshold: 1.5 is greater than the maximum of 1"),
+    ("gpm", {"threshold_mode": "relative", "threshold": 1},
+     "methods.gpm.threshold: 1 is greater than or equal to the maximum of 1"),
+    ("adam_nscl", {"a": 2.0}, "methods.adam_nscl.a: 2.0 is greater than or equal to the maximum"),
+    ("adam_nscl", {"threshold_mode": "min_ratio", "a": 0.5},
+     "methods.adam_nscl.a: 0.5 is less than the minimum of 1 (threshold_mode min_ratio"),
+])
+def test_thresholds_that_protect_nothing_or_fail_later_are_refused_at_startup(method, opts,
+                                                                              message):
+    with pytest.raises(ParamsError) as e:
+        check(params(**{method: opts}))
+    assert message in str(e.value)
+
+
+def test_variants_are_checked_by_the_same_rules():
+    p = params()
+    p["variants"] = {"dns_e": {"method": "dns", "options": {"threshold_mode": "energy",
+                                                            "threshold_in": 0}}}
+    p["train"]["methods"] = ["dns_e"]
+    with pytest.raises(ParamsError, match=r"variants\.dns_e\.options\.threshold_in: 0 is less "
+                                          r"than or equal to the minimum of 0"):
+        check(p)
+
+
+def test_valid_thresholds_and_unused_sides_pass():
+    ok = check(params(dns={"sides": "input", "threshold_out": 5.0},
+                      gpm={"threshold_mode": "absolute", "threshold": 7.0},
+                      adam_nscl={"threshold_mode": "min_ratio", "a": 1.001}))
+    assert ok["methods"]["dns"]["threshold_out"] == 5.0
+    assert ok["methods"]["dns"]["threshold_mode"] == "relative"  # defaults still filled
+    assert check(params())["methods"]["dns"]["threshold_in"] == 1e-3
+
+
+def test_rules_run_from_the_catalog_without_torch(tmp_path):
+    """The Snakefile's parse must not import torch; the rules travel in the option schemas."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods:\n  dns: {threshold_mode: energy, threshold_in: 1.5}\n")
+    code = ("import sys\nfrom cmcl.catalog import methods\nmethods()\n"  # warm the cache
+            "for k in [k for k in sys.modules if k.startswith(('torch', 'cmcl.strategies'))]:\n"
+            "    del sys.modules[k]\n"
+            "import builtins\nreal = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    assert not name.startswith('torch'), 'torch imported'\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "from cmcl.cli import main\n"
+            f"sys.exit(main(['validate', {str(bad)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    assert "methods.dns.threshold_in: 1.5 is greater than the maximum of 1" in r.stderr
+
+
+def test_duplicate_yaml_keys_are_refused_naming_key_and_lines(tmp_path):
+    from cmcl.config import load
+
+    f = tmp_path / "dup.yaml"
+    f.write_text("extends: null\nmethods:\n  dns:\n    threshold_in: 0.1\n    sides: both\n"
+                 "    threshold_in: 0.5\n")
+    with pytest.raises(ParamsError, match=r"dup\.yaml: not valid YAML at line 6, column 5: "
+                                          r"duplicate key 'threshold_in' \(first at line 4\)"):
+        load(f, as_configfile=True)
+
+
+def test_yaml_errors_name_line_and_column_and_non_utf8_is_named(tmp_path):
+    from cmcl.config import read_params
+
+    f = tmp_path / "p.yaml"
+    f.write_text("train:\n  lr: [0.1\n")
+    with pytest.raises(ParamsError, match=r"p\.yaml: not valid YAML at line 3, column 1: "):
+        read_params(f)
+    f.write_bytes(b"train:\n  # caf\xe9\n")
+    with pytest.raises(ParamsError, match=r"p\.yaml: not UTF-8 text \(byte 0xe9 at line 2\)"):
+        read_params(f)
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory) -> Path:
+    """The workflow files and the default params, for `snakemake -n` at start-up."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("mini")
+    shutil.copy(ROOT / "Snakefile", d / "Snakefile")
+    shutil.copytree(ROOT / "pipeline", d / "pipeline")
+    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
+    return d
+
+
+def snakemake(d: Path, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    p = subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args], cwd=d,
+                       env=env, capture_output=True, text=True, timeout=600)
+    p.out = p.stdout + p.stderr  # Snakemake logs errors on stdout
+    return p
+
+
+def test_snakemake_refuses_rules_duplicate_keys_and_bad_yaml_at_startup(mini, tmp_path):
+    over = tmp_path / "over.yaml"
+    over.write_text("methods:\n  dns: {threshold_mode: energy, threshold_in: 1.5}\n")
+    p = snakemake(mini, "-n", "--configfile", str(over))
+    assert p.returncode != 0
+    assert "methods.dns.threshold_in: 1.5 is greater than the maximum of 1" in p.out
+    over.write_text("train:\n  epochs: 2\n  epochs: 3\n")
+    p = snakemake(mini, "-n", "--configfile", str(over))
+    assert p.returncode != 0 and "duplicate key 'epochs' (first at line 2)" in p.out
+    good = (mini / "params.yaml").read_text()
+    try:
+        (mini / "params.yaml").write_text(good.replace("train:\n", "train:\n  epochs: 9\n", 1))
+        p = snakemake(mini, "-n")
+        assert p.returncode != 0 and "params.yaml: not valid YAML at line" in p.out
+        assert "duplicate key 'epochs'" in p.out
+        (mini / "params.yaml").write_text(good.replace("train:\n", "train: [\n", 1))
+        p = snakemake(mini, "-n")
+        assert p.returncode != 0
+        assert "params.yaml: not valid YAML at line" in p.out and "column" in p.out
+    finally:
+        (mini / "params.yaml").write_text(good)
+
+
+def test_an_override_merging_into_a_declared_task_is_noted_once(mini, tmp_path):
+    over = tmp_path / "over.yaml"
+    over.write_text("tasks:\n  t1_text_image_04: {classes: [0, 1, 2]}\n"
+                    "  mine: {corpus: digits, modalities: [text, image]}\n"
+                    "sequences:\n  digits: [mine, t2_text_audio]\n")
+    p = snakemake(mini, "-n", "--configfile", str(over))
+    assert p.returncode == 0, p.out
+    notice = [line for line in p.out.splitlines() if line.startswith("cmcl: notice:")]
+    assert len(notice) == 1, p.out
+    assert "tasks.t1_text_image_04 (merged key by key, by " in notice[0]
+    assert "sequences.digits (replaced, by " in notice[0]
+    assert "tasks.mine" not in notice[0]
+    # a job's own parse of the Snakefile (subprocess mode) prints nothing
+    p = snakemake(mini, "--cores", "1", "data/raw/digits", "--configfile", str(over))
+    assert p.returncode == 0, p.out[-3000:]
+    assert sum(line.startswith("cmcl: notice:") for line in p.out.splitlines()) == 1
