@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -32,6 +32,7 @@ from cmcl.io import (
     verify_files,
     write_json,
 )
+from cmcl.lean import defer_dynamo, set_seed  # no dynamo import: ~1 s of CPU a job
 from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
 from cmcl.resume import (
@@ -252,6 +253,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     params = [p for m in mods for p in model.heads[m].parameters()]
     extra_params = strategy.trainable_parameters(ctx)
     params += extra_params
+    defer_dynamo(torch.optim.Optimizer, torch.optim.Adam, torch.optim.AdamW)  # ~1 s a job
     opt = torch.optim.AdamW(param_groups(params, tc["weight_decay"],
                                          tc.get("decay_biases", True)),
                             lr=tc["lr"], weight_decay=tc["weight_decay"])
@@ -340,7 +342,9 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
            "pairs": sum(len(p[1]) for p in parts), "num_processes": acc.num_processes}
     for c in ctxs:
         log |= c.extra
-    return acc.unwrap_model(wrapped), log
+    # one process: prepare() returned the model itself, and unwrap_model's compile check
+    # would import dynamo (~1 s)
+    return (model if wrapped is model else acc.unwrap_model(wrapped)), log
 
 
 def check_partial_batch(n: int, tc: dict, processes: int, task: str) -> None:

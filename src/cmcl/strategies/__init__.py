@@ -161,7 +161,11 @@ def discover() -> dict[str, type[Strategy]]:
 
 
 def get_strategy(name: str, cfg: dict) -> Strategy:
-    methods = discover()
+    # a method's own module first: importing all of them costs ~0.5 s of CPU in every job
+    if name not in REGISTRY and name.isidentifier() and (Path(__file__).parent /
+                                                         f"{name}.py").is_file():
+        importlib.import_module(f"{__name__}.{name}")
+    methods = REGISTRY if name in REGISTRY else discover()
     if name not in methods:
         raise ValueError(f"unknown method '{name}'; registered methods: {sorted(methods)}")
     return methods[name](cfg)
