@@ -5,20 +5,29 @@
 import sys
 from pathlib import Path
 
-from cmcl.config import check, compose_noting, read_params
+from cmcl.config import ParamsError, check, compose_noting, read_params
+from cmcl.preflight import python_on_path_problem
 
-if Path("params.yaml").exists():  # Snakemake's own loading names no line, keeps duplicate keys
-    read_params("params.yaml")
+if workflow.is_main_process and (problem := python_on_path_problem()):
+    sys.exit(problem)
+try:
+    if Path("params.yaml").exists():  # Snakemake's loading names no line, keeps duplicate keys
+        read_params("params.yaml")
+except ParamsError as e:
+    sys.exit(str(e))
 
 configfile: "params.yaml"
 
-if workflow.overwrite_configfiles:
-    # --configfile files merge over params.yaml unless one says `extends` (null: run alone)
-    config, note = compose_noting(workflow.overwrite_configfiles,
-                                  extra=workflow.config_settings.config)
-    if note and workflow.is_main_process:  # once, not again in every job's own parse
-        print(note, file=sys.stderr)
-config = check(config, "pipeline/schemas/params.schema.yaml", source="params.yaml")
+try:  # a bad value stops here with key-named lines, not a traceback
+    if workflow.overwrite_configfiles:
+        # --configfile files merge over params.yaml unless one says `extends` (null: alone)
+        config, note = compose_noting(workflow.overwrite_configfiles,
+                                      extra=workflow.config_settings.config)
+        if note and workflow.is_main_process:  # once, not again in every job's own parse
+            print(note, file=sys.stderr)
+    config = check(config, "pipeline/schemas/params.schema.yaml", source="params.yaml")
+except ParamsError as e:
+    sys.exit(str(e))
 
 
 include: "pipeline/rules/common.smk"

@@ -116,8 +116,16 @@ def cmd_report(a) -> None:
         for t in (t for tasks in sequences.values() for t in tasks if t["name"] == meta["task"]):
             t.setdefault("pairs", {})[meta["split"]] = meta["count"]
             t["rejected"] = max(t.get("rejected", 0), meta.get("rejected", 0))
-    build_report(df, sequences, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"),
-                 a.cfg.get("variants"))
+    out = Path(a.out_dir)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    try:
+        build_report(df, sequences, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"),
+                     a.cfg.get("variants"))
+    except BaseException:  # e.g. disk full: no half report (CSVs, figures) of this run stays
+        for p in out.rglob("*"):
+            if p.is_file() and before.get(p) != p.stat().st_mtime_ns:
+                p.unlink()
+        raise
     print(f"report: {Path(a.out_dir) / 'report.md'}")
 
 
@@ -317,11 +325,35 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def os_error_line(e: OSError, args: argparse.Namespace) -> str:
+    """One line for an OS-level failure: the file (or the verb's output) and what to do."""
+    import errno
+    import shutil
+
+    target = e.filename or getattr(args, "out", None) or getattr(args, "out_dir", None)
+    where = f"{target}: " if target else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = Path(target or ".").resolve()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free / 1e9
+        what = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{where}{what} ({free:.2f} GB free on {folder}); nothing was left under the "
+                "output's name: free space (or move data/ and results/ to a larger disk) and "
+                "rerun")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}{e.strerror}: make it writable (or run where you may write) and rerun"
+    return f"{where}{e.strerror or e}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"cmcl {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions: a line, not a traceback
+        print(f"cmcl {args.verb}: error: {os_error_line(e, args)}", file=sys.stderr)
         return 1
     return 0

@@ -52,11 +52,23 @@ def manifest_file(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no manifest.jsonl, manifest.csv or manifest.parquet")
 
 
+def utf8_text(f: Path) -> str:
+    """A text file's contents; bytes that are not UTF-8 are named by line and column."""
+    data = f.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{f}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at column "
+                         f"{col}); save the manifest as UTF-8") from None
+
+
 def read_rows(f: Path) -> tuple[list[dict], list[str]]:
     """Rows of a manifest file and where each is ('line 3', 'row 2'), for error messages."""
     if f.name.endswith(".jsonl"):
         rows, where = [], []
-        for i, line in enumerate(f.read_text().splitlines(), 1):
+        for i, line in enumerate(utf8_text(f).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -70,8 +82,7 @@ def read_rows(f: Path) -> tuple[list[dict], list[str]]:
         return rows, where
     if f.name.endswith(".csv"):
         # every column as text: type inference turns id 004 into 4 and label "true" into a bool
-        with open(f, newline="", encoding="utf-8-sig") as fh:
-            names = next(csv.reader(fh), [])
+        names = next(csv.reader(utf8_text(f).splitlines()), [])
         table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
             column_types={c: pa.string() for c in names}))
         rows = table.to_pylist()
