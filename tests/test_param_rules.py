@@ -63,7 +63,7 @@ def test_valid_thresholds_and_unused_sides_pass():
                       adam_nscl={"threshold_mode": "min_ratio", "a": 1.001}))
     assert ok["methods"]["dns"]["threshold_out"] == 5.0
     assert ok["methods"]["dns"]["threshold_mode"] == "relative"  # defaults still filled
-    assert check(params())["methods"]["dns"]["threshold_in"] == 1e-3
+    assert 0 <= check(params())["methods"]["dns"]["threshold_in"] < 1  # params.yaml passes
 
 
 def test_rules_run_from_the_catalog_without_torch(tmp_path):
