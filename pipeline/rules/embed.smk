@@ -1,11 +1,22 @@
+def get_embed_params(wildcards):
+    """get_embed_cfg without what cannot change the bytes (`processes`) or is at its new
+    default (`storage_dtype: null`): such keys must not rerun finished embed jobs."""
+    cfg = json.loads(get_embed_cfg(wildcards))
+    cfg["embed"].pop("processes", None)
+    if cfg["embed"].get("storage_dtype", 0) is None:
+        del cfg["embed"]["storage_dtype"]
+    return as_json(cfg)
+
+
 rule embed:
-    """Frozen encoders turn a shard folder into feature shards (.npy per modality)."""
+    """Frozen encoders turn a shard folder into feature shards (.npy per modality); with
+    embed.processes > 1 under torchrun (Accelerate's process group; one GPU per process)."""
     input:
         "data/shards/{task}/{split}",
     output:
         directory("data/features/{task}/{split}"),
     params:
-        cfg=get_embed_cfg,
+        cfg=get_embed_params,
     conda:
         "../envs/cmcl.yaml"
     log:
@@ -18,8 +29,12 @@ rule embed:
     resources:
         mem_mb=4000,
         runtime=30,
+        # not a param: the feature bytes do not depend on how many processes encode them
+        processes=config["embed"].get("processes", 1),
     shell:
-        "OMP_NUM_THREADS={threads} python -m cmcl embed --cfg {params.cfg:q} --shards {input} "
+        "if [ {resources.processes} -gt 1 ]; then "
+        "RUN='torchrun --standalone --nproc_per_node {resources.processes}'; else RUN=python; fi; "
+        "OMP_NUM_THREADS={threads} $RUN -m cmcl embed --cfg {params.cfg:q} --shards {input} "
         "--out {output} > {log} 2>&1"
 
 

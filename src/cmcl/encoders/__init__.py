@@ -17,6 +17,7 @@ from cmcl.encoders.payloads import read_image, read_text, wrong_kind
 
 ENCODERS: dict[str, Callable[[], Encoder]] = {}
 HF_KINDS = ("hf", "hf-clip", "hf-siglip", "hf-clap", "hf-xclip")  # specs served by encoders.hf
+IMAGEBIND_KINDS = ("imagebind", "imagebind-vision")  # served by encoders.imagebind
 
 
 class Encoder:
@@ -37,18 +38,21 @@ def register_encoder(name: str):
     return deco
 
 
-def get_encoder(spec: str, modality: str | None = None) -> Encoder:
+def get_encoder(spec: str, modality: str | None = None, dtype: str = "float32") -> Encoder:
     """The encoder a params spec names: `pixels`, or `<kind>:<local path>` for checkpoints.
 
     `modality` (what the encoder will be fed) lets a multi-tower model pick its tower and
-    refuse a modality it cannot encode before any data is read.
+    refuse a modality it cannot encode before any data is read. `dtype` (embed.dtype) is what a
+    checkpoint model computes in; the built-ins are small numpy/float32 code and ignore it.
     """
     name, _, path = spec.partition(":")
     # checkpoint families live in their own modules, imported (and registered) on first use
     if name in HF_KINDS:
         from cmcl.encoders import hf  # noqa: F401  (registers; imports transformers lazily)
-    if name == "imagebind":
+    if name in IMAGEBIND_KINDS:
         from cmcl.encoders import imagebind  # noqa: F401  (registers; torch imported lazily)
+    if name == "unibind":
+        from cmcl.encoders import unibind  # noqa: F401  (registers; torch imported lazily)
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder '{spec}'; known: {sorted(ENCODERS)} (checkpoint "
                          f"encoders as '<kind>:/path/to/folder', kind one of {list(HF_KINDS)})")
@@ -57,7 +61,7 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
         if not path:
             raise ValueError(f"encoder '{spec}': give the checkpoint's local folder, "
                              f"e.g. '{name}:/models/my-model'")
-        return cls(spec, path, modality)
+        return cls(spec, path, modality, dtype=dtype)
     if getattr(cls, "takes_option", False):  # built-ins with a parameter: pixels:32x32
         return cls(path)
     if path and name != "precomputed":  # precomputed:<encoder> only records the source

@@ -76,8 +76,9 @@ def _device():
 
 
 @functools.lru_cache(maxsize=4)
-def _load(spec: str, path: Path, kind: str) -> tuple:
-    """(model, tokenizer, processor of the other tower or None), loaded once per folder."""
+def _load(spec: str, path: Path, kind: str, dtype: str = "float32") -> tuple:
+    """(model, tokenizer, processor of the other tower or None), loaded once per folder and
+    dtype (embed.dtype: float16/bfloat16 halve a GPU's memory; outputs are cast to float32)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import transformers as tf
@@ -97,7 +98,9 @@ def _load(spec: str, path: Path, kind: str) -> tuple:
     except Exception as e:  # transformers, tokenizers and safetensors raise their own types
         raise ValueError(f"encoder '{spec}': cannot load the checkpoint in {path} "
                          f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return model.eval().to(_device()), tokenizer, other
+    import torch
+
+    return model.eval().to(_device(), getattr(torch, dtype)), tokenizer, other
 
 
 class _HF(Encoder):
@@ -125,14 +128,15 @@ class _TwoTower(_HF):
     family, kinds, others, what = "", (), frozenset(), ""
     normalise = True
 
-    def __init__(self, spec: str, path: str, modality: str | None = None) -> None:
+    def __init__(self, spec: str, path: str, modality: str | None = None,
+                 dtype: str = "float32") -> None:
         if modality is not None and modality != "text" and modality not in self.others:
             raise ValueError(f"encoder '{spec}': {self.family} encodes text and {self.what} "
                              f"({sorted(self.others)}), not '{modality}'")
         needs = modality is None or modality in self.others
         folder, kind = _check_folder(spec, path, self.kinds, needs)
         self.spec, self.modality, self.kind = spec, modality or "*", kind
-        self.model, self.tokenizer, self.processor = _load(spec, folder, kind)
+        self.model, self.tokenizer, self.processor = _load(spec, folder, kind, dtype)
         if needs and modality is not None and self.processor is None:
             raise FileNotFoundError(f"encoder '{spec}': {folder} has no "
                                     f"preprocessor_config.json (needed for {modality})")
@@ -197,8 +201,9 @@ class HFSiglip(_ImageTower):
     def _dim(config) -> int:
         return int(config.text_config.hidden_size)  # both heads keep the towers' width
 
-    def __init__(self, spec: str, path: str, modality: str | None = None) -> None:
-        super().__init__(spec, path, modality)
+    def __init__(self, spec: str, path: str, modality: str | None = None,
+                 dtype: str = "float32") -> None:
+        super().__init__(spec, path, modality, dtype)
         # SigLIP pools the last position: text must be padded to the length it was trained at
         n = int(self.model.config.text_config.max_position_embeddings)
         self.text_padding = {"padding": "max_length",
@@ -246,12 +251,13 @@ class HFText(_HF):
     modality = "text"
     takes_path = True
 
-    def __init__(self, spec: str, path: str, modality: str | None = None) -> None:
+    def __init__(self, spec: str, path: str, modality: str | None = None,
+                 dtype: str = "float32") -> None:
         if modality not in (None, "text"):
             raise ValueError(f"encoder '{spec}': a text encoder cannot encode '{modality}'")
         folder, _ = _check_folder(spec, path, (), False)
         self.spec = spec
-        self.model, self.tokenizer, _ = _load(spec, folder, "auto")
+        self.model, self.tokenizer, _ = _load(spec, folder, "auto", dtype)
         self.dim = int(self.model.config.hidden_size)
 
     def _text_batch(self, tok):

@@ -357,15 +357,17 @@ class Model:
             self.loaded.add(name)
         return self.net
 
-    def forward(self, name: str, x):
-        """ImageBindModel.forward for one modality; (B, S, ...) clips averaged; L2-normalised."""
+    def forward(self, name: str, x, normalise: bool = True):
+        """ImageBindModel.forward for one modality; (B, S, ...) clips averaged; L2-normalised
+        (`normalise=False`: the model's own output, float32 on the CPU, for heads on top)."""
         import torch
 
         net = self.tower(name)
         x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
         with torch.inference_mode():
             y = net({name: x})[name].float()
-        return torch.nn.functional.normalize(y, dim=-1).cpu().numpy()
+        y = torch.nn.functional.normalize(y, dim=-1) if normalise else y
+        return y.cpu().numpy()
 
 
 def _device() -> str:
@@ -666,17 +668,30 @@ class ImageBind(Encoder):
     takes_path = True
     modality, dim = "*", 0
     batch = 32  # model inputs per forward pass (a video counts 15, an audio clip set 3)
+    towers, family = TOWERS, "ImageBind"  # modality -> tower this kind serves
+    normalise = True  # L2-normalised rows; UniBind normalises after its heads instead
 
     def __init__(self, spec: str, path: str, modality: str | None = None,
                  dtype: str = "float32") -> None:
-        if modality not in TOWERS:
-            raise ValueError(f"encoder '{spec}': ImageBind has towers for {sorted(TOWERS)}, "
-                             f"not '{modality}' (name the modality the encoder is fed)")
+        if modality not in self.towers:
+            raise ValueError(f"encoder '{spec}': {self.family} has towers for "
+                             f"{sorted(self.towers)}, not '{modality}' (name the modality the "
+                             "encoder is fed)" + self.hint(modality))
         if dtype not in DTYPES:
             raise ValueError(f"encoder '{spec}': dtype '{dtype}' is not one of {list(DTYPES)}")
-        self.spec, self.modality, self.tower_name = spec, modality, TOWERS[modality]
-        self.model = load(spec, path, dtype)
+        self.spec, self.modality, self.tower_name = spec, modality, self.towers[modality]
+        # an image-file modality on the vision tower reads as an RGB image
+        self.input = "image" if self.tower_name == "vision" and modality != "video" else modality
+        self.model = self.load(spec, path, dtype)
         self.dim = self.model.dim
+
+    @staticmethod
+    def hint(modality: str | None) -> str:
+        return ("; the DNS authors feed tactile (GelSight/DIGIT) images to the vision tower: "
+                "name it 'imagebind-vision:<path>'") if modality == "tactile" else ""
+
+    def load(self, spec: str, path: str, dtype: str) -> Model:
+        return load(spec, path, dtype)
 
     def encode(self, payloads: Sequence, where: Sequence[str]) -> np.ndarray:
         import torch
@@ -685,18 +700,34 @@ class ImageBind(Encoder):
             step = self.batch
             chunks = [torch.from_numpy(text_input(payloads[i:i + step]))
                       for i in range(0, len(payloads), step)]
-            out = [self.model.forward("text", c) for c in chunks]
-            return np.concatenate(out).astype(np.float32) if out else \
-                np.zeros((0, self.dim), np.float32)
-        per = {"video": VIDEO_CLIPS * VIDEO_CROPS, "audio": AUDIO_CLIPS}.get(self.modality, 1)
-        step, prep, out = max(1, self.batch // per), PREPROCESS[self.modality], []
+            out = [self.model.forward("text", c, self.normalise) for c in chunks]
+            return self.finish(np.concatenate(out) if out else np.zeros((0, self.dim)))
+        per = {"video": VIDEO_CLIPS * VIDEO_CROPS, "audio": AUDIO_CLIPS}.get(self.input, 1)
+        step, prep, out = max(1, self.batch // per), PREPROCESS[self.input], []
         for i in range(0, len(payloads), step):
             xs = []
             for p, w in zip(payloads[i:i + step], where[i:i + step], strict=True):
                 try:
                     xs.append(prep(p))
                 except (ValueError, OSError) as e:  # PIL's UnidentifiedImageError is an OSError
-                    raise ValueError(f"{w}: unreadable {KIND[self.modality]} ({e})") from None
-            out.append(self.model.forward(self.tower_name, torch.from_numpy(np.stack(xs))))
-        return np.concatenate(out).astype(np.float32) if out else \
-            np.zeros((0, self.dim), np.float32)
+                    raise ValueError(f"{w}: unreadable {KIND[self.input]} ({e})") from None
+            out.append(self.model.forward(self.tower_name, torch.from_numpy(np.stack(xs)),
+                                          self.normalise))
+        return self.finish(np.concatenate(out) if out else np.zeros((0, self.dim)))
+
+    def finish(self, x: np.ndarray) -> np.ndarray:
+        """The tower outputs as features (ImageBind: as they are, already unit rows)."""
+        return x.astype(np.float32)
+
+
+@register_encoder("imagebind-vision")
+class ImageBindVision(ImageBind):
+    """ImageBind's vision tower for any image-file modality (`imagebind-vision:<path>`).
+
+    Why: TVL's tactile images have no ImageBind tower; the DNS authors' extraction
+    (perceptors/imagebind.py: modalityMap TACTILE -> VISION, the vision transform as the
+    default loader) encodes them as RGB images with the vision tower, and so does this kind.
+    """
+
+    towers, family = {m: "vision" for m in ("image", "tactile", "depth", "thermal")}, \
+        "ImageBind's vision tower"
