@@ -37,6 +37,8 @@ include: "pipeline/rules/train.smk"
 include: "pipeline/rules/evaluate.smk"
 include: "pipeline/rules/report.smk"
 include: "pipeline/rules/sweep.smk"
+include: "pipeline/rules/tune.smk"
+include: "pipeline/rules/resources.smk"
 
 
 rule all:
@@ -45,4 +47,3 @@ rule all:
         "reports/report.md",
         ["reports/check.json"] if config["report"]["expected"] else [],
     default_target: True
-include: "pipeline/rules/tune.smk"

@@ -176,6 +176,13 @@ def test_exported_tuned_file_validates_and_reruns_to_the_recorded_score(studies,
     run["overrides"] = {"ewc": used["overrides"]["ewc"]}
     res = ChainRunner(run, load_chain_data(run, d / "features", "test")).run(run)
     assert res["objective"] == pytest.approx(rec["test"]["objective"], abs=1e-5)
+    # the report says how each number was obtained: space, budget, chosen values, scores
+    from cmcl.report_tuning import markdown_tuning
+
+    md = "\n".join(markdown_tuning(tuned["record"], ["finetune", "ewc"], "map"))
+    assert "3 Optuna trials" in md and "lambda ∈ [1, 1e+05] log" in md
+    assert f"lambda: {rec['best']['lambda']:.3g}" in md and f"{rec['validation']:.4f}" in md
+    assert "Equal memory: 8 stored samples" in md and "#### Defaults vs tuned" in md
     # params.yaml's own value wins over the tuned one
     mine = check({**raw, "methods": {"ewc": {"lambda": 7.0}}})
     assert mine["methods"]["ewc"]["lambda"] == 7.0
@@ -189,3 +196,31 @@ def test_budget_sets_every_storing_method_and_refuses_another_size(setup):
     with pytest.raises(ValueError, match="methods.er.memory_size: 9 is not the shared budget"):
         check({**raw, "methods": {"er": {"memory_size": 9}}})
     assert all(m in discover() for m in p["train"]["methods"])
+
+
+@pytest.mark.parametrize("method", ["er", "gem", "comm", "ewc"])
+def test_resources_column_equals_what_the_method_stores(setup, tmp_path, method):
+    from cmcl.config import strategy_cfg, train_cfg
+    from cmcl.io import load_tensors, read_json
+    from cmcl.resources import measure
+    from cmcl.train import init_step, train_step
+
+    d, raw = setup
+    p = check(raw)
+    feats = [d / f"features/{t}/train" for t in TASKS]
+    init_step({"model": p["model"], **strategy_cfg(p, method)}, method, 1, feats,
+              tmp_path / "step0")
+    for step, f in enumerate(feats, 1):
+        cfg = train_cfg(p, "s", method, step)
+        train_step(cfg, method, 1, step, cfg["task"], f, tmp_path / f"step{step - 1}",
+                   tmp_path / f"step{step}")
+    state = tmp_path / "step2/state"
+    got = measure(tmp_path / "step2")
+    assert got["state_bytes"] == sum(f.stat().st_size for f in state.rglob("*") if f.is_file())
+    assert got["state_bytes"] > 0  # buffers, Fisher + anchors, Gaussians + adapters
+    memory = {"er": "buffer.json", "gem": "memory.json"}.get(method)
+    stored = read_json(state / memory)["size"] if memory else 0
+    assert got["samples"] == stored == {"er": 8, "gem": 8}.get(method, 0)  # = budget.samples
+    adapters = load_tensors(state / "comm.safetensors") if method == "comm" else {}
+    assert got["extra_params"] == sum(t.numel() for t in adapters.values())
+    assert (got["extra_params"] > 0) == (method == "comm")

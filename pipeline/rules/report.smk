@@ -3,6 +3,8 @@ rule report:
     input:
         evals=all_evals(),
         features=all_features("train") + all_features("test"),
+        resources="reports/resources.json",
+        tuned=config["tuned"] or [],
     output:
         metrics="reports/metrics.json",
         md="reports/report.md",
@@ -35,7 +37,9 @@ rule report:
         "logs/report/report.log",
     shell:
         "python -m cmcl report --cfg {params.cfg:q} --evals {input.evals} "
-        "--features {input.features} --out-dir reports "
+        "--features {input.features} --resources {input.resources} "
+        + ("--tuned {input.tuned} " if config["tuned"] else "")
+        + "--out-dir reports "
         "> {log} 2>&1"
 
 

@@ -5,11 +5,8 @@
 import cmcl.tuning as cmcl_tuning
 
 TUNE_MATRIX = cmcl_tuning.tune_matrix(config)
-
-
-def get_tune_cfg(wildcards):
-    """Only this study's inputs: tuning one method never reruns another's workers."""
-    return as_json(cmcl_tuning.tune_cfg(config, wildcards.sequence, wildcards.method))
+# only this study's inputs as params: tuning one method never reruns another's workers
+get_tune_cfg = lambda w: as_json(cmcl_tuning.tune_cfg(config, w.sequence, w.method))
 
 
 rule tune_worker:
@@ -75,6 +72,8 @@ rule tune_export:
     params:
         cfg=lambda wildcards: as_json({k: config[k] for k in ("tune", "train", "budget")}),
         methods=lambda wildcards: [m for s, m in TUNE_MATRIX if s == wildcards.sequence],
+    conda:
+        "../envs/cmcl.yaml"
     log:
         "logs/tune/{sequence}/export.log",
     shell:

@@ -116,11 +116,17 @@ def cmd_report(a) -> None:
         for t in (t for tasks in sequences.values() for t in tasks if t["name"] == meta["task"]):
             t.setdefault("pairs", {})[meta["split"]] = meta["count"]
             t["rejected"] = max(t.get("rejected", 0), meta.get("rejected", 0))
+    resources = json.loads(Path(a.resources).read_text()) if a.resources else None
+    tuning = None
+    if a.tuned:  # how the tuned values were obtained (the file's record)
+        from cmcl.tuning import read_tuned
+
+        tuning = read_tuned(a.tuned).get("record")
     out = Path(a.out_dir)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     try:
         build_report(df, sequences, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"),
-                     a.cfg.get("variants"))
+                     a.cfg.get("variants"), resources, tuning)
     except BaseException:  # e.g. disk full: no half report (CSVs, figures) of this run stays
         for p in out.rglob("*"):
             if p.is_file() and before.get(p) != p.stat().st_mtime_ns:
@@ -186,6 +192,13 @@ def cmd_sweep_best(a) -> None:
     s = best(a.cfg, a.features_root, a.journal, a.out_dir)
     print(json.dumps({k: s[k] for k in ("study", "n_trials", "states", "best")}, indent=1))
     print(f"test objective of the best params: {s['test']['objective']:.4f}")
+
+
+def cmd_resources(a) -> None:
+    from cmcl.resources import collect
+
+    table = collect(a.runs, a.out)
+    print(f"{a.out}: {sum(map(len, table.values()))} runs measured")
 
 
 def cmd_tune_export(a) -> None:
@@ -280,6 +293,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=_json, required=True)
     p.add_argument("--evals", nargs="+", required=True)
     p.add_argument("--features", nargs="*", help="feature dirs (their meta.json: counts)")
+    p.add_argument("--resources", help="reports/resources.json (what each run stores)")
+    p.add_argument("--tuned", help="the tuned file the run uses (its record: how values were "
+                   "obtained)")
     p.add_argument("--out-dir", required=True)
     p = verb("check", cmd_check, "compare metrics with the expected results (reproduction guard)")
     p.add_argument("--cfg", type=_json, required=True, help="the full params (JSON)")
@@ -308,6 +324,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="this worker's summary (JSON)")
         else:
             p.add_argument("--out-dir", required=True)
+    p = verb("resources", cmd_resources, "samples, state bytes, extra parameters per run")
+    p.add_argument("--runs", nargs="+", required=True, help="final step folders of the runs")
+    p.add_argument("--out", required=True)
     p = verb("tune-export", cmd_tune_export, "one tuned params override from the studies")
     p.add_argument("--cfg", type=_json, required=True, help="tune, train and budget (JSON)")
     p.add_argument("--sequence", required=True)

@@ -157,16 +157,28 @@ def _plot_over_steps(curves: pd.DataFrame, names: Sequence[str], metric: str, pa
 
 
 def _plot_stability(points: pd.DataFrame, metric: str, path: Path) -> None:
-    fig = _new_figure(5.0, 4.0)
+    """Final average vs BWT with seed-std error bars; a method without BWT (joint training)
+    is drawn as a horizontal reference line at its final average."""
+    fig = _new_figure(5.5, 4.2)
     ax = fig.add_subplot()
-    ax.scatter(points["bwt"], points["final_avg"])
-    for row in points.itertuples():
+    cont = points[points["bwt"].notna()]
+    ref = points[points["bwt"].isna() & points["final_avg"].notna()]
+    std = {k: cont[f"{k}_std"].fillna(0) if f"{k}_std" in cont else None
+           for k in ("bwt", "final_avg")}
+    ax.errorbar(cont["bwt"], cont["final_avg"], xerr=std["bwt"], yerr=std["final_avg"],
+                fmt="o", capsize=3, elinewidth=1)
+    for row in cont.itertuples():
         ax.annotate(row.method, (row.bwt, row.final_avg), xytext=(4, 4),
                     textcoords="offset points")
+    for row in ref.itertuples():
+        ax.axhline(row.final_avg, color="tab:red", linestyle="--", linewidth=1)
+        ax.annotate(f"{row.method} (reference)", (0, row.final_avg), xytext=(-4, 3),
+                    textcoords="offset points", ha="right", color="tab:red", fontsize="small",
+                    xycoords=("axes fraction", "data"))
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)  # right of it: no forgetting
     ax.margins(0.15)  # room for the point labels
     ax.set(xlabel=f"BWT of {metric} (%)", ylabel=f"final average {metric} (%)",
-           title="Stability vs plasticity")
+           title="Stability vs plasticity (error bars: std over seeds)")
     _save_png(fig, path)
 
 
@@ -277,6 +289,8 @@ def _sequence_stats(df: pd.DataFrame, tasks: Sequence[Mapping], plots: Path,
         for (s, j), v in np.ndenumerate(mean_m):
             curves.append(dict(method=method, task=names[j], step=s, value=v, std=std_m[s, j]))
         points.append(dict(method=method, final_avg=entry[f"{main_metric}_final_avg"],
+                           final_avg_std=entry[f"{main_metric}_final_avg_std"],
+                           bwt_std=entry[f"{main_metric}_bwt_std"],
                            bwt=entry[f"{main_metric}_bwt"]))
         long = pd.DataFrame([dict(step=s, task=names[j], value=v)
                              for (s, j), v in np.ndenumerate(mean_m)])
@@ -297,9 +311,23 @@ def _markdown_variants(variants: Mapping[str, Mapping]) -> list[str]:
         ["Variant", "Method", "Options and train settings", "Description"], rows) + [""]
 
 
+def _markdown_how(seq: str, methods: list[str], main_metric: str,
+                  resources: Mapping | None, tuning: Mapping | None) -> list[str]:
+    """The tuning record (when the run uses a file tuned on this sequence) and resources."""
+    from cmcl.report_tuning import markdown_resources, markdown_tuning
+
+    out = []
+    if tuning and tuning.get("sequence") == seq:
+        out += markdown_tuning(tuning, methods, main_metric)
+    if resources and seq in resources:
+        out += markdown_resources(resources[seq], methods)
+    return out
+
+
 def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
                  out_dir: str | Path, main_metric: str = "map",
-                 variants: Mapping[str, Mapping] | None = None) -> dict:
+                 variants: Mapping[str, Mapping] | None = None,
+                 resources: Mapping | None = None, tuning: Mapping | None = None) -> dict:
     """Write metrics.json, plots/ and report.md under out_dir; return the metrics dict.
 
     metrics.json holds {sequence: {method: {"<metric>_<stat>": mean, "..._std": std,
@@ -323,7 +351,8 @@ def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
         plots = out_dir / "plots" / seq
         m, means, c, p = _sequence_stats(rows, tasks, plots, main_metric)
         metrics[seq] = m
-        c_df, p_df = pd.DataFrame(c), pd.DataFrame(p).astype({"final_avg": float, "bwt": float})
+        c_df, p_df = pd.DataFrame(c), pd.DataFrame(p).astype(
+            {"final_avg": float, "bwt": float, "final_avg_std": float, "bwt_std": float})
         names = [t["name"] for t in tasks]
         _plot_over_steps(c_df, names, main_metric, plots / "scores_over_steps.png")
         _plot_stability(p_df, main_metric, plots / "stability_plasticity.png")
@@ -331,6 +360,7 @@ def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
         points.append(p_df.assign(sequence=seq))
         text += _markdown_sequence(seq, tasks, m, means, main_metric,
                                    bool((rows["metric"] == "zs_acc").any()))
+        text += _markdown_how(seq, list(m), main_metric, resources, tuning)
     _save_csv(pd.concat(curves, ignore_index=True), out_dir / "plots" / "scores_over_steps.csv")
     _save_csv(pd.concat(points, ignore_index=True),
               out_dir / "plots" / "stability_plasticity.csv")

@@ -133,6 +133,11 @@ class Strategy:
         """Extra parameters the method trains besides the task's heads (after before_task)."""
         return []
 
+    def extra_parameters(self) -> int:
+        """Trainable parameters the method adds to the model in all (after load_state): the
+        resources table counts them beside samples and bytes stored."""
+        return 0
+
     # -- hooks ----------------------------------------------------------------------------
     def before_task(self, ctx: TaskContext) -> None: ...
 

@@ -138,6 +138,10 @@ class COMM(Strategy):
     def trainable_parameters(self, ctx: TaskContext) -> list[torch.nn.Parameter]:
         return self.ad.trainable()
 
+    def extra_parameters(self) -> int:
+        """Every adapter pool and router tensor is trained and used at evaluation."""
+        return sum(t.numel() for t in self.ad.state()[0].values())
+
     # -- hooks ----------------------------------------------------------------------------
     def before_task(self, ctx: TaskContext) -> None:
         self.gen = step_generator(self.salt)
