@@ -1,4 +1,4 @@
-"""cmcl.lean: a training job never imports TorchDynamo, and trains exactly as torch's own code."""
+"""A training step imports neither TorchDynamo nor DTensor, and trains as torch's own code."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ xa, xb = torch.randn(64, 12, generator=g), torch.randn(64, 6, generator=g)
 task = {"name": "t", "modalities": ["a", "b"]}
 model, _ = fit_task(model, get_strategy("finetune", cfg), cfg, task, 1, 3, xa, xb,
                     torch.arange(64) % 4)
-print(weights_digest(model), "torch._dynamo" in sys.modules)
+print(weights_digest(model), "torch._dynamo" in sys.modules,
+      "torch.distributed.tensor" in sys.modules)
 """
 
 
@@ -40,4 +41,5 @@ def run(mode: str) -> list[str]:
 def test_training_without_dynamo_equals_training_with_it():
     lean, full = run("lean"), run("dynamo")
     assert lean[1] == "False", "a training step imported torch._dynamo (~1 s of CPU a job)"
+    assert lean[2] == "False", "accelerate's DTensor check imported torch.distributed.tensor"
     assert full[1] == "True" and lean[0] == full[0]

@@ -257,11 +257,21 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     opt = torch.optim.AdamW(param_groups(params, tc["weight_decay"],
                                          tc.get("decay_biases", True)),
                             lr=tc["lr"], weight_decay=tc["weight_decay"])
-    wrapped, opt, *loaders = acc.prepare(model, opt, *loaders)
+    # the model's placement given, as Accelerate would decide it: its default imports
+    # torch.distributed.tensor (~0.5 s a job) to look for DTensor parameters MultiHead never has
+    custom = acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+    place = [acc.device_placement and acc.distributed_type != DistributedType.FSDP,
+             *[None] * (1 + len(loaders))] if custom else None
+    wrapped, opt, *loaders = acc.prepare(model, opt, *loaders, device_placement=place)
     if acc.scaler is None and acc.distributed_type != DistributedType.XLA:
         # the wrapper only adds loss scaling and XLA syncing, yet looks up an optional package
         # and a signature on every call (0.3 ms a step): step the torch optimizer it wraps
         opt = opt.optimizer
+    # Accelerate's clip imports torch.distributed.tensor (~0.5 s a job) to look for DTensor
+    # gradients; without loss scaling, FSDP, DeepSpeed or XLA it is torch's own clip_grad_norm_
+    plain = acc.scaler is None and acc.distributed_type not in (
+        DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA)
+    clip = torch.nn.utils.clip_grad_norm_ if plain else acc.clip_grad_norm_
     lc = resolve(cfg.get("loss", {}))
 
     def loss_fn(batch: dict) -> torch.Tensor:
@@ -316,7 +326,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= acc.num_processes
             if tc.get("grad_clip"):
-                acc.clip_grad_norm_(params, tc["grad_clip"])
+                clip(params, tc["grad_clip"])
             strategy.before_optimizer_step(ctx)
             if scheduled:  # per task, like one trainer.train() call of the HF Trainer
                 lr = tc["lr"] * lr_factor(schedule, at["global_step"], total_steps, warmup)
