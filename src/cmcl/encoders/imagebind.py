@@ -325,10 +325,12 @@ def _cpu_linspace_mode():
 class Model:
     """An ImageBindModel on the meta device; `tower(name)` materialises one tower's weights."""
 
+    checkpoint = Checkpoint  # how the file is read (UniBind's keys sit under a prefix)
+
     def __init__(self, spec: str, path: str, device: str, dtype: str) -> None:
         import torch
 
-        self.ck = Checkpoint(spec, path)
+        self.ck = self.checkpoint(spec, path)
         self.config = infer_config(self.ck)
         ib = model_module()
         with torch.device("meta"), _cpu_linspace_mode():
