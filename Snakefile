@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 from cmcl.config import ParamsError, check, compose_noting, read_params
-from cmcl.preflight import python_on_path_problem
+from cmcl.preflight import python_on_path_problem, run_lock_problem
 
-if workflow.is_main_process and (problem := python_on_path_problem()):
+if workflow.is_main_process and (problem := python_on_path_problem()
+                                 or run_lock_problem(sys.argv[1:])):
     sys.exit(problem)
 try:
     if Path("params.yaml").exists():  # Snakemake's loading names no line, keeps duplicate keys
