@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from helpers.numerics import weight_atol
 
 from cmcl.models import MultiHead
 from cmcl.strategies import get_strategy
@@ -207,8 +208,11 @@ def test_gpm_factored_gradients_equal_the_dense_projection(monkeypatch, bias):
     monkeypatch.setattr(FactoredGradients, "usable", staticmethod(lambda: False))
     slow, _, _ = new_task(run, "gpm", train={"grad_clip": 1e-3}, **GPM_SPAN)
     assert len(errors) == 64
-    for name, p in fast.named_parameters():
-        torch.testing.assert_close(p, dict(slow.named_parameters())[name], rtol=1e-5, atol=1e-6)
+    tc = cfg("gpm")["train"]
+    for name, p in fast.named_parameters():  # equal in exact arithmetic: reordered float32 sums
+        w = dict(slow.named_parameters())[name]
+        torch.testing.assert_close(p, w, rtol=0, atol=weight_atol(w, 64, tc["lr"],
+                                                                    tc["batch_size"]))
 
 
 @pytest.mark.parametrize("method", ["gpm", "adam_nscl"])
@@ -243,9 +247,11 @@ def test_rotated_inputs_once_per_task_equal_the_per_batch_hooks(old, monkeypatch
     monkeypatch.setattr(InputProjection, "per_task_inputs", False)
     hooked, _, _ = new_task(old[method], method, placement="rotated", **opts)
     assert len(calls) == 2
-    for m in ("a", "c"):
-        torch.testing.assert_close(once.heads[m].weight, hooked.heads[m].weight, rtol=1e-5,
-                                   atol=1e-6)
+    tc = cfg(method)["train"]
+    for m in ("a", "c"):  # equal in exact arithmetic: bounded by the reordered float32 sums
+        w = hooked.heads[m].weight
+        torch.testing.assert_close(once.heads[m].weight, w, rtol=0, atol=weight_atol(
+            w, 64, tc["lr"], tc["batch_size"]))  # 8 epochs x 8 batches
 
 
 def test_rotated_placement_refuses_heads_with_a_bias():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.numerics import EPS32, weight_atol
 
 from cmcl.io import load_tensors
 
@@ -25,26 +26,12 @@ CFG = {"model": {"embed_dim": 8}, "loss": {},
        "train": {"epochs": 3, "batch_size": 8, "lr": 0.05, "weight_decay": 0.01,
                  "grad_clip": 1.0}}
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-EPS32 = torch.finfo(torch.float32).eps
 
 
 def optimizer_steps(features: Path, epochs: int, batch: int) -> int:
     """Upper bound on the optimizer steps of a task: epochs x batches (a partial one counted)."""
     n = sum(json.loads((features / "sizes.json").read_text()).values())
     return epochs * -(-n // batch)
-
-
-def weight_atol(weight: torch.Tensor, steps: int, lr: float, batch: int) -> float:
-    """Bound on |w(1 process) - w(2 processes)| of a head (out x in) from reduction order.
-
-    Splitting the batch over processes re-orders the sums behind each gradient entry: about
-    r = batch x (in + out + batch) products (the head's dot products, the batch's similarity
-    row), so its relative value moves by at most r float32 eps (recursive-summation bound);
-    AdamW's m/sqrt(v) turns that into an update error of at most lr x r eps x (1 + sqrt(t))
-    at step t (Cauchy-Schwarz over the averaged gradients), and the steps add up.
-    """
-    d_out, d_in = weight.shape if weight.ndim == 2 else (1, weight.numel())
-    return steps * lr * batch * (d_in + d_out + batch) * EPS32 * (1 + steps ** 0.5)
 
 
 @pytest.fixture(scope="module")
