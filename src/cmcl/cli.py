@@ -48,8 +48,16 @@ def cmd_embed(a) -> None:
 
     e = a.cfg["embed"]
     n = embed_split(a.shards, a.out, e["encoders"], e.get("batch_size", 256),
-                    e.get("dtype", "float32"), max_shard_bytes=_megabytes(e.get("max_shard_mb")))
+                    e.get("dtype", "float32"), max_shard_bytes=_megabytes(e.get("max_shard_mb")),
+                    storage_dtype=e.get("storage_dtype"))
     print(f"embedded {n} samples -> {a.out}")
+
+
+def cmd_convert_unibind_centres(a) -> None:
+    from cmcl.encoders.unibind import convert_centres
+
+    n = convert_centres(a.src, a.dst)
+    print(f"{n} classes' centres -> {a.dst} (name it as unibind:<checkpoint>,centres={a.dst})")
 
 
 def cmd_import_features(a) -> None:
@@ -265,6 +273,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=_json, required=True)
     p.add_argument("--shards", required=True)
     p.add_argument("--out", required=True)
+    p = verb("convert-unibind-centres", cmd_convert_unibind_centres,
+             "ONE-OFF, BY HAND: UniBind's class-centre pickle -> safetensors. THIS UNPICKLES "
+             "<src> (unpickling can run any code the file names): only on the file from "
+             "UniBind's release; pipelines read only <dst>")
+    p.description = ("One-off conversion, run by hand, never by the pipeline. WARNING: this "
+                     "UNPICKLES <src>, and unpickling can run any code the file names: use it "
+                     "only on the centre file of UniBind's release. The pipeline reads only "
+                     "the safetensors output (encoder spec unibind:<checkpoint>,centres=<dst>).")
+    p.add_argument("src", help="centre_embs/<modality>_in_center_embeddings.pkl (UniBind)")
+    p.add_argument("dst", help="output .safetensors (one (k, d) tensor per class label)")
     for name, fn, h in (("init", cmd_init, "create the step-0 model of a run"),
                         ("train", cmd_train, "train one step of a run")):
         p = verb(name, fn, h)
