@@ -48,4 +48,4 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 clean:
-	rm -rf data/shards data/features results reports/plots reports/*.json reports/*.md logs .snakemake
+	rm -rf data/shards data/features results reports/plots reports/*.json reports/report.md reports/report.html logs .snakemake

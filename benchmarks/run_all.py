@@ -3,6 +3,8 @@
     python benchmarks/run_all.py                      # full suite on CPU (~10 min on 2 cores)
     python benchmarks/run_all.py --device cuda        # on a GPU (wall clock)
     python benchmarks/run_all.py --quick --out-dir /tmp/bench   # smoke test (~1 min)
+    python benchmarks/run_all.py --only reproduce     # opt-in: cold `make reproduce` in a
+                                                      # fresh clone, no-op, floor (~15 min)
     python benchmarks/run_all.py --only train io      # rerun some; the summary is rebuilt
                                                       # from every <name>.json in --out-dir
 
@@ -28,7 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 BENCHMARKS = ["subspace", "train", "paper_scale", "io", "orchestration"]
-SCRIPTS = {name: HERE / f"bench_{name}.py" for name in BENCHMARKS}
+# run only when named (--only reproduce): a cold `make reproduce` in a fresh clone, ~10 min
+OPT_IN = ["reproduce"]
+SCRIPTS = {name: HERE / f"bench_{name}.py" for name in BENCHMARKS + OPT_IN}
 SUBSPACE_QUICK = ["--steps", "3", "--warmup", "1", "--rounds", "1", "--profile-reps", "1",
                   "--dims", "256", "--samples", "2048", "--scaling-repeats", "1",
                   "--fractions", "0.05", "0.5", "--sweep-rounds", "1"]
@@ -53,6 +57,8 @@ REQUIRED = ["dns_step_overhead", "train_throughput_vs_bare"]
 
 
 def bench_argv(name: str, args: argparse.Namespace, out: Path) -> list[str]:
+    if name in OPT_IN:  # measures processes on the CPU: no device, threads or quick mode
+        return ["--out", str(out)]
     argv = ["--device", args.device, "--out", str(out)]
     if name in ("subspace", "train", "io"):  # paper_scale reports wall and CPU time both
         argv += ["--clock", args.clock]
@@ -136,7 +142,7 @@ def subspace_figures(res: dict) -> dict:
 
 def collect(out_dir: Path) -> dict[str, dict]:
     figures: dict[str, dict] = {}
-    for name in BENCHMARKS:
+    for name in BENCHMARKS + OPT_IN:
         path = out_dir / f"{name}.json"
         if not path.exists():
             continue
@@ -161,7 +167,7 @@ def write_summary(out_dir: Path, figures: dict[str, dict], meta: dict) -> dict:
     write_json(out_dir / "summary.json", flat)
     done = meta.get("benchmarks", {})
     runs = "; ".join(f"{k} {done[k].get('date', '?')}, {done[k]['seconds']:.0f} s"
-                     for k in BENCHMARKS if k in done)
+                     for k in BENCHMARKS + OPT_IN if k in done)
     lines = ["# Benchmark summary", "",
              f"Made by `python benchmarks/run_all.py` ({runs}; total "
              f"{sum(v['seconds'] for v in meta.get('benchmarks', {}).values()):.0f} s). Each "
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
-    ap.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None)
+    ap.add_argument("--only", nargs="+", choices=BENCHMARKS + OPT_IN, default=None)
     ap.add_argument("--skip", nargs="+", choices=BENCHMARKS, default=[])
     ap.add_argument("--clock", choices=["wall", "cpu"], default=None,
                     help="default: cpu on a CPU device, wall on an accelerator")

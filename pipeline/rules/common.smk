@@ -106,6 +106,12 @@ def get_eval_features(wildcards):
     return features(wildcards.sequence, "test")
 
 
+def get_eval_models(wildcards):
+    """Every step folder of one run: evaluated in one job (the test splits are read once)."""
+    return [f"{run_dir(wildcards)}/step{t}"
+            for t in steps_for(wildcards.sequence, wildcards.method)]
+
+
 def get_eval_cfg(wildcards):
     return as_json({"loss": config["loss"], "eval": config["eval"],
                     "sequence": wildcards.sequence,
@@ -124,5 +130,5 @@ def get_report_cfg(wildcards):
 
 
 def all_evals():
-    return [f"results/eval/{q}/{m}/seed{s}/step{t}.parquet"
-            for q in SEQUENCES for m in METHODS for s in SEEDS for t in steps_for(q, m)]
+    """One folder per run, holding step<t>.parquet for each of its steps."""
+    return [f"results/eval/{q}/{m}/seed{s}" for q in SEQUENCES for m in METHODS for s in SEEDS]

@@ -106,18 +106,33 @@ def cmd_train(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    from cmcl.evaluate import evaluate_step
+    from cmcl.evaluate import evaluate_run, evaluate_step
 
-    df = evaluate_step(a.cfg, a.model, a.cfg["tasks"], a.features, a.out,
-                       a.cfg.get("sequence", "default"))
-    print(df.pivot_table(index="eval_task", columns="metric", values="value")
-          .round(3).to_string())
+    seq = a.cfg.get("sequence", "default")
+    if a.out_dir:  # every step of a run in one process (the rule): one step<t>.parquet each
+        dfs = evaluate_run(a.cfg, a.model, a.cfg["tasks"], a.features, a.out_dir, seq)
+    elif len(a.model) == 1:
+        dfs = [evaluate_step(a.cfg, a.model[0], a.cfg["tasks"], a.features, a.out, seq)]
+    else:
+        raise SystemExit("evaluate: --out takes one --model; use --out-dir for several steps")
+    for df in dfs:
+        print(df.pivot_table(index=["step", "eval_task"], columns="metric", values="value")
+              .round(3).to_string())
+
+
+def _eval_files(paths: list[str]) -> list[Path]:
+    """Eval Parquet files as given; a run's folder (rule evaluate) as its steps in order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        steps = sorted(p.glob("step*.parquet"), key=lambda f: int(f.stem[4:]))
+        out += steps if p.is_dir() else [p]
+    return out
 
 
 def cmd_report(a) -> None:
     from cmcl.report import build_report, collect
 
-    df = collect(a.evals)
+    df = collect(_eval_files(a.evals))
     sequences = {s: [dict(t) for t in tasks] for s, tasks in a.cfg["sequences"].items()}
     for d in a.features or []:  # pair counts and rejected samples, from the feature metadata
         meta = json.loads((Path(d) / "meta.json").read_text())
@@ -302,11 +317,13 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--features", nargs="+",
                            help="train feature dir(s) (default: data/features/<task>/train)")
             p.add_argument("--prev", required=True, help="step t-1 folder")
-    p = verb("evaluate", cmd_evaluate, "evaluate a step on every task's test split")
+    p = verb("evaluate", cmd_evaluate, "evaluate steps of a run on every task's test split")
     p.add_argument("--cfg", type=_json, required=True)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", nargs="+", required=True, help="step folder(s) of one run")
     p.add_argument("--features", nargs="+", required=True, help="test feature dirs, task order")
-    p.add_argument("--out", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="the Parquet file of one step")
+    where.add_argument("--out-dir", help="a folder of step<t>.parquet, one per --model")
     p = verb("report", cmd_report, "metrics.json, plots and report.md from all evaluations")
     p.add_argument("--cfg", type=_json, required=True)
     p.add_argument("--evals", nargs="+", required=True)

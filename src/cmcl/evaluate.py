@@ -1,4 +1,4 @@
-"""Evaluate one step's model on the test split of every task (rule `evaluate`).
+"""Evaluate a step's model on the test split of every task (rule `evaluate`: a run's steps).
 
 Embeddings of a test set are computed once and reused by every metric. Output: long-format
 rows (run, method, seed, step, eval_task, metric, value), written as Parquet.
@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from cmcl.corpora import resolve_classes
-from cmcl.io import atomic_path, check_digest, load_tensors_digest, recorded_digest
+from cmcl.io import (
+    atomic_dir,
+    atomic_path,
+    check_digest,
+    load_tensors_digest,
+    read_json,
+    recorded_digest,
+)
 from cmcl.losses import resolve
 from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
 from cmcl.shards import read_features
@@ -81,8 +88,12 @@ def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
 
 def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
                   test_dirs: Sequence[str | Path], out: str | Path,
-                  sequence: str = "default") -> pd.DataFrame:
-    """All metrics of one step on every task; writes Parquet atomically."""
+                  sequence: str = "default", splits: Sequence[Mapping] | None = None
+                  ) -> pd.DataFrame:
+    """All metrics of one step on every task; writes Parquet atomically.
+
+    `splits`: the test splits already loaded (load_split of each test dir), as evaluate_run
+    passes them to every step of a run."""
     model, meta = load_model(step_dir)
     model.eval()
     strategy = load_strategy(step_dir, model)
@@ -94,12 +105,29 @@ def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
     rows = []
     name = meta.get("run", meta["method"])  # a variant's rows carry its own name
     run = f"{name}_s{meta['seed']}"
-    for task, test_dir in zip(tasks, test_dirs, strict=True):
-        for metric, value in evaluate_task(model, task, test_dir, cfg.get("eval", {}),
-                                           normalize, fn).items():
+    for i, (task, test_dir) in enumerate(zip(tasks, test_dirs, strict=True)):
+        data = splits[i] if splits is not None else load_split(test_dir)
+        scores = score_task(fn, "text" in model.in_dims, task, data, cfg.get("eval", {}),
+                            normalize)
+        for metric, value in scores.items():
             rows.append((sequence, run, name, int(meta["seed"]), int(meta["step"]),
                          task["name"], metric, float(value)))
     df = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
     return df
+
+
+def evaluate_run(cfg: Mapping, step_dirs: Sequence[str | Path], tasks: Sequence[Mapping],
+                 test_dirs: Sequence[str | Path], out_dir: str | Path,
+                 sequence: str = "default") -> list[pd.DataFrame]:
+    """Every step of a run in one job: the test splits are read once, one step<t>.parquet each
+    (the same rows as evaluate_step per step) in `out_dir`, written atomically as a folder."""
+    splits = [load_split(d) for d in test_dirs]
+    steps = [int(read_json(Path(d) / "meta.json")["step"]) for d in step_dirs]
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"evaluate: two step folders with the same step among {steps}")
+    with atomic_dir(out_dir) as tmp:
+        return [evaluate_step(cfg, d, tasks, test_dirs, tmp / f"step{t}.parquet", sequence,
+                              splits) for d, t in zip(step_dirs, steps, strict=True)]
+
