@@ -48,9 +48,13 @@ def get_shard_cfg(wildcards):
 
 
 def get_embed_cfg(wildcards):
+    """The task's encoders and embed settings, without what cannot change the bytes
+    (`processes`) or sits at its new default (`storage_dtype: null`): neither reruns a job."""
     mods = config["tasks"][wildcards.task]["modalities"]
     enc = {m: e for m, e in config["embed"]["encoders"].items() if m in mods or m == "text"}
-    return as_json({"embed": {**config["embed"], "encoders": enc}})
+    embed = {k: v for k, v in config["embed"].items() if k != "processes"
+             and not (k == "storage_dtype" and v is None)}
+    return as_json({"embed": {**embed, "encoders": enc}})
 
 
 def features(sequence, split):

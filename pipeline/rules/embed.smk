@@ -1,13 +1,3 @@
-def get_embed_params(wildcards):
-    """get_embed_cfg without what cannot change the bytes (`processes`) or is at its new
-    default (`storage_dtype: null`): such keys must not rerun finished embed jobs."""
-    cfg = json.loads(get_embed_cfg(wildcards))
-    cfg["embed"].pop("processes", None)
-    if cfg["embed"].get("storage_dtype", 0) is None:
-        del cfg["embed"]["storage_dtype"]
-    return as_json(cfg)
-
-
 rule embed:
     """Frozen encoders turn a shard folder into feature shards (.npy per modality); with
     embed.processes > 1 under torchrun (Accelerate's process group; one GPU per process)."""
@@ -16,7 +6,7 @@ rule embed:
     output:
         directory("data/features/{task}/{split}"),
     params:
-        cfg=get_embed_params,
+        cfg=get_embed_cfg,
     conda:
         "../envs/cmcl.yaml"
     log:
