@@ -55,7 +55,8 @@ def test_deliberate_params_change_is_not_checked(recorded):
     same = {**params, "shard": {**params["shard"], "workers": 4, "max_shard_mb": 50},
             "train": {**params["train"], "checkpoint_every": 100}}
     assert fingerprint(same, seq, "dns") == fingerprint(params, seq, "dns")  # not result-bearing
-    over = {**params, "overrides": {"dns": {"train": {"epochs": 9}}}}
+    dns_train = {**params["overrides"].get("dns", {}).get("train", {}), "epochs": 9}
+    over = {**params, "overrides": {**params["overrides"], "dns": {"train": dns_train}}}
     assert fingerprint(over, seq, "dns") != fingerprint(params, seq, "dns")
     assert fingerprint(over, seq, "finetune") == fingerprint(params, seq, "finetune")
     broken = {seq: {**metrics[seq], "dns": dict(metrics[seq]["finetune"])}}
