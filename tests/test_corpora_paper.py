@@ -419,7 +419,7 @@ def test_import_features_round_trip(tmp_path):
     assert feats["labels"].tolist() == [0, 1, 1]  # classes sorted: ApplyEyeMakeup, YoYo
     meta = feats["meta"]
     assert set(meta) == {"task", "split", "modalities", "count", "classes", "templates",
-                         "encoders", "dims", "dtype"}
+                         "encoders", "dims", "dtype", "sha256"}  # sha256: every file written
     assert meta["classes"] == ["ApplyEyeMakeup", "YoYo"] and meta["dims"] == {"text": 8,
                                                                                "video": 8}
     prompts = load_split(tmp_path / "f")["prompts"]
