@@ -107,13 +107,14 @@ def topo_order(jobs: list[dict]) -> list[dict]:
 
 
 def cmcl_argv(shell: str) -> list[str] | None:
-    """`[ENV=.. ]python -m cmcl VERB ARGS > log 2>&1` -> [VERB, ARGS...] (None: not cmcl)."""
-    words = shlex.split(shell.split(" > ", 1)[0])
-    while words and re.match(r"^\w+=", words[0]):
-        words = words[1:]
-    if words[:3] != ["python", "-m", "cmcl"]:
+    """The `-m cmcl VERB ARGS` of a job's shell command -> [VERB, ARGS...] (None: not cmcl).
+
+    Handles `[ENV=..] python -m cmcl ...` and launcher prefixes such as the embed rule's
+    `$RUN -m cmcl ...`; the `> log 2>&1` redirection is dropped."""
+    at = shell.find("-m cmcl ")
+    if at < 0:
         return None
-    return words[3:]
+    return shlex.split(shell[at + len("-m cmcl "):].split(" > ", 1)[0])
 
 
 FLOOR = """
@@ -125,16 +126,18 @@ from cmcl.cli import main
 jobs = json.load(open(sys.argv[1]))
 t, c = time.perf_counter(), time.process_time()
 for argv in jobs:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         rc = main(argv)
     if rc:
-        raise SystemExit(f"floor: {argv[0]} failed")
+        raise SystemExit(f"floor: {argv} failed:\\n{err.getvalue()[-3000:]}")
 print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}))
 """
 
 
 def floor(clone: Path, jobs: list[dict], work: Path, env: dict) -> dict:
     """Every job's cmcl command in one process (the clone's venv), in a fresh folder."""
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     for name in ("params.yaml", "Snakefile"):
         shutil.copy(clone / name, work / name)
@@ -167,7 +170,8 @@ def per_job_cpu(clone: Path, work: Path, jobs: list[dict], env: dict) -> dict:
                 shutil.rmtree(o)
             elif o.exists():
                 o.unlink()
-        _, row["real_cpu_s"], _ = run(pick["shell"], work, env)
+        shell = re.sub(r" > \S+ 2>&1\s*$", " > /dev/null 2>&1", pick["shell"])
+        _, row["real_cpu_s"], _ = run(shell, work, env)
         mod = VERB_MODULES.get(argv[0], "cmcl.cli")
         cpus = [run([py, "-c", f"import cmcl.cli, {mod}"], work, env)[1] for _ in range(3)]
         row["empty_cpu_s"] = round(sorted(cpus)[1], 3)
@@ -189,34 +193,50 @@ def benchmark_tsv(clone: Path) -> dict[str, dict]:
                 "sum_cpu_s": round(sum(v), 1)} for r, v in sorted(rows.items())}
 
 
+def cold_run(repo: Path, tmp: Path, make: list[str], env: dict) -> dict:
+    """Clone and `make reproduce` once; the figures are kept in <tmp>/cold.json (--resume)."""
+    clone = tmp / "clone"
+    load0 = os.getloadavg()
+    commit = run(["git", "rev-parse", "HEAD"], repo, env)[2].strip()
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp, env)
+    print(f"cold: {' '.join(make)} in {clone} (commit {commit[:10]})", flush=True)
+    start = time.time()
+    wall, cpu, _ = run(make, clone, env)
+    logs = sorted((clone / ".snakemake/log").glob("*.snakemake.log"))
+    check = json.loads((clone / "reports/check.json").read_text())
+    cold = {"commit": commit, "wall_s": wall, "cpu_s": cpu, "loadavg_start": load0,
+            "install_wall_s": (clone / ".venv/.installed").stat().st_mtime - start,
+            "jobs": job_counts(logs[-1].read_text()), "loadavg_after": os.getloadavg()}
+    (tmp / "cold.json").write_text(json.dumps(cold, indent=1))
+    print(f"  {wall:.0f} s wall, {cpu:.0f} s CPU, {cold['jobs'].get('total')} jobs, "
+          f"check ok: {check.get('ok')}", flush=True)
+    return cold
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", type=Path, default=ROOT, help="the git repository to clone")
     ap.add_argument("--cores", default=None, help="make reproduce CORES= (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/reproduce.json")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
+    ap.add_argument("--resume", type=Path, help="a kept temp dir: reuse its cold run (cold.json)")
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="cmcl-reproduce-"))
+    tmp = args.resume or Path(tempfile.mkdtemp(prefix="cmcl-reproduce-"))
     clone = tmp / "clone"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
                                   if not p.startswith(str(Path(sys.executable).parent)))
     env |= {"CMCL_CACHE_DIR": str(tmp / "cache/cmcl"), "MPLCONFIGDIR": str(tmp / "cache/mpl"),
             "TQDM_DISABLE": "1"}
-    load0 = os.getloadavg()
-    commit = run(["git", "rev-parse", "HEAD"], args.repo, env)[2].strip()
-    run(["git", "clone", "-q", str(args.repo), str(clone)], tmp, env)
     make = ["make", "reproduce"] + ([f"CORES={args.cores}"] if args.cores else [])
-    print(f"cold: {' '.join(make)} in {clone} (commit {commit[:10]})", flush=True)
-    start = time.time()
-    cold_wall, cold_cpu, cold_out = run(make, clone, env)
-    install_s = (clone / ".venv/.installed").stat().st_mtime - start
-    logs = sorted((clone / ".snakemake/log").glob("*.snakemake.log"))
-    counts = job_counts(logs[-1].read_text())
+    if args.resume:
+        cold = json.loads((tmp / "cold.json").read_text())
+    else:
+        cold = cold_run(args.repo, tmp, make, env)
+    commit, cold_wall, cold_cpu, install_s = (cold["commit"], cold["wall_s"], cold["cpu_s"],
+                                              cold["install_wall_s"])
+    counts, load0, load1 = cold["jobs"], cold["loadavg_start"], cold["loadavg_after"]
     check = json.loads((clone / "reports/check.json").read_text())
-    load1 = os.getloadavg()
-    print(f"  {cold_wall:.0f} s wall, {cold_cpu:.0f} s CPU, {counts.get('total')} jobs, "
-          f"check ok: {check.get('ok')}", flush=True)
     noop = [run(make, clone, env)[0] for _ in range(3)]
     noop_out = run(["snakemake", "-n"], clone, {**env, "PATH": f"{clone}/.venv/bin:"
                                                         f"{env['PATH']}"})[2]
