@@ -32,8 +32,8 @@ import slurm_cluster  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 TIMEOUT = 900  # seconds for one snakemake run; killed with SIGKILL after that
-RULES = {"corpus", "shard", "embed", "init", "train", "evaluate", "report", "check",
-         "sweep_worker", "sweep_best"}
+RULES = {"corpus", "shard", "embed", "init", "train", "evaluate", "resources", "report",
+         "check", "sweep_worker", "sweep_best"}
 N_TRIALS = 4
 
 
