@@ -51,7 +51,8 @@ def make_digits(out: str | Path, test_fraction: float = 0.2, seed: int = 0) -> i
 
     rng = np.random.default_rng(seed)
     digits = load_digits()
-    fsdd = np.load(fsdd_path())
+    with np.load(fsdd_path()) as npz:  # each npz[key] decompresses anew: read every array once
+        fsdd = {k: npz[k] for k in ("X", "lengths", "y")}
     ends = np.cumsum(fsdd["lengths"])
     rows = []
     with atomic_dir(out) as tmp:
