@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --no-deps imagebind-unofficial==0.1.1
 	touch $(STAMP)
 
+# the default profile: rerun what an interrupted run left incomplete, show failed jobs' logs
 reproduce: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --profile pipeline/profiles/default --cores $(CORES)
 	@echo; cat reports/report.md; echo; echo "report: $(abspath reports/report.md)"
 
 test: $(STAMP)
