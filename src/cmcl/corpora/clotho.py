@@ -75,4 +75,5 @@ def clotho(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"audio": "file", "text": "inline"}), \
-        stream(samples, build, opts["on_error"], lambda row: row[0])
+        stream(samples, build, opts["on_error"], lambda row: row[0],
+               lambda row: Path(row[2]).stem, f"corpus '{name}'")

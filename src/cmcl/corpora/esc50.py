@@ -65,4 +65,5 @@ def esc50(name: str, path: Path, **options):
         s.data["text"] = ("txt", TEMPLATES[0].format(classes[int(target)]))
         return s
 
-    return info, stream(rows, build, opts["on_error"], split_of)
+    return info, stream(rows, build, opts["on_error"], split_of,
+                        lambda r: Path(r["filename"]).stem, f"corpus '{name}' ({meta})")

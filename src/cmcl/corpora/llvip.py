@@ -45,4 +45,5 @@ def llvip(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"image": "file", "thermal": "file"}), \
-        stream(rows, build, opts["on_error"], lambda row: row[0])
+        stream(rows, build, opts["on_error"], lambda row: row[0],
+               lambda row: Path(row[1]).stem, f"corpus '{name}'")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from cmcl.corpora import Sample, SampleFactory
+from cmcl.corpora import Sample, SampleFactory, disjoint_splits
 
 log = logging.getLogger("cmcl.corpora")
 
@@ -366,14 +366,24 @@ def iterate(rows: Iterable, build: Callable[[Any], Sample], on_error: str,
 
 
 def stream(rows: Iterable | Callable[[], Iterable], build: Callable[[Any], Sample],
-           on_error: str, split_of: Callable[[Any], str]) -> SampleFactory:
+           on_error: str, split_of: Callable[[Any], str],
+           id_of: Callable[[Any], str] | None = None, where: str = "corpus") -> SampleFactory:
     """An adapter's sample factory: `samples(split=None, workers=1)`.
 
     `split_of(row)` reads a row's split from the metadata alone, so asking for one split never
-    reads or decodes the files of the others (VGGSound, UCF101: most of the bytes).
+    reads or decodes the files of the others (VGGSound, UCF101: most of the bytes). With
+    `id_of(row)` (the sample id, from the metadata too), a sample id listed in two splits
+    (train/test overlap) stops the first call, before any file is read.
     """
+    checked: list[bool] = []
 
     def samples(split: str | None = None, workers: int = 1) -> Iterator[Sample]:
+        if id_of is not None and not checked:
+            by_split: dict[str, list[str]] = {}
+            for r in (rows() if callable(rows) else rows):
+                by_split.setdefault(split_of(r), []).append(id_of(r))
+            disjoint_splits(by_split, where)
+            checked.append(True)
         chosen = rows() if callable(rows) else rows
         if split is not None:
             chosen = (r for r in chosen if split_of(r) == split)

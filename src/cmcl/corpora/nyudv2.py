@@ -67,4 +67,5 @@ def nyudv2(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"image": "file", "depth": "file"}), \
-        stream(rows, build, opts["on_error"], lambda row: row[0])
+        stream(rows, build, opts["on_error"], lambda row: row[0],
+               lambda row: row[1].stem, f"corpus '{name}'")

@@ -88,4 +88,11 @@ def tvl(name: str, path: Path, **options):
         return s
 
     return CorpusInfo(name, {"image": "file", "tactile": "file", "text": "inline"}), \
-        stream(rows, build, opts["on_error"], lambda row: row[1])
+        stream(rows, build, opts["on_error"], lambda row: row[1], _vision_file,
+               f"corpus '{name}' (ids here: the vision image each row names)")
+
+
+def _vision_file(row) -> str:
+    """Row ids are positions, so a leak between splits shows as one image named twice."""
+    _, _, base, r = row
+    return (Path(base) / (r.get("vision") or r.get("url") or "").strip()).as_posix()

@@ -73,4 +73,6 @@ def ucf101(name: str, path: Path, **options):
         s.data["text"] = ("txt", TEMPLATES[0].format(info.classes[label]))
         return s
 
-    return info, stream(rows, build, opts["on_error"], lambda row: row[0])
+    return info, stream(rows, build, opts["on_error"], lambda row: row[0],
+                        lambda row: Path(row[2][0].replace("\\", "/")).stem,
+                        f"corpus '{name}' (split lists)")

@@ -114,4 +114,5 @@ def vggsound(name: str, path: Path, **options):
         s.data["text"] = ("txt", TEMPLATES[0].format(r["label"]))
         return s
 
-    return info, stream(rows, build, opts["on_error"], lambda r: r["split"])
+    return info, stream(rows, build, opts["on_error"], lambda r: r["split"],
+                        lambda r: r["id"], f"corpus '{name}' (vggsound.csv)")
