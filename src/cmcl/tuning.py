@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from cmcl.params_file import ParamsError, deep_merge, read_params
+
 # keys of a tuned file that are params; `record` says how the values were obtained
 TUNED_SECTIONS = ("methods", "overrides")
 
@@ -23,12 +25,10 @@ TUNED_SECTIONS = ("methods", "overrides")
 def read_tuned(path: str | Path) -> dict:
     """A tuned file's mapping; errors name the file (start-up must not fail in a job)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"tuned: file '{path}' not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"tuned: '{path}' is not valid YAML ({e})") from None
+    try:  # as a params file: duplicate keys, bad bytes and YAML errors named with their line
+        raw = read_params(path)
+    except ParamsError as e:
+        raise ValueError(f"tuned: {e}") from None
     if not isinstance(raw, dict) or set(raw) - {*TUNED_SECTIONS, "record"}:
         raise ValueError(f"tuned: '{path}' must hold only {list(TUNED_SECTIONS)} and record")
     return raw
@@ -37,8 +37,6 @@ def read_tuned(path: str | Path) -> dict:
 def merge_tuned(params: Mapping) -> dict:
     """params with the tuned file's methods/overrides merged *under* its own: a value that
     params.yaml (or a --configfile) sets itself wins over the tuned one."""
-    from cmcl.config import deep_merge
-
     out = copy.deepcopy(dict(params))
     path = out.get("tuned")
     if not path:
@@ -199,7 +197,6 @@ def export(params: Mapping, sequence: str, summaries: Mapping[str, str | Path],
            out: str | Path, worker_files: Mapping[str, list] | None = None) -> dict:
     """One params override for `sequence` from every method's sweep summary, with a record of
     each study (space, budget, trials, best values, validation objective, test scores)."""
-    from cmcl.config import deep_merge
     from cmcl.io import atomic_path
 
     tuned: dict = {"methods": {}, "overrides": {}}
