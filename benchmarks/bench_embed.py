@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     device, env = benchlib.setup(ap, args)
     clock = benchlib.CLOCKS[args.clock]
-    from test_embed_parallel import tiny_imagebind
+    from helpers.imagebind import tiny_imagebind
 
     from cmcl.encoders import get_encoder
     from cmcl.encoders import imagebind as ib

@@ -11,27 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.imagebind import require_imagebind, tiny_imagebind
 
 torch = pytest.importorskip("torch")
-ib = pytest.importorskip("cmcl.encoders.imagebind")
-try:
-    ib.model_module()
-except ImportError as e:  # pragma: no cover - the wheel is part of `make install`
-    pytest.skip(f"imagebind-unofficial not installed ({e})", allow_module_level=True)
+ib = require_imagebind()
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TASK = {"name": "ti", "corpus": "c", "modalities": ["text", "image"]}
-
-
-def tiny_imagebind(path: Path, width: int = 16) -> Path:
-    """A random-weight ImageBind of width `width`, one block per tower, as a state dict."""
-    kw = {"out_embed_dim": width}
-    for tower in ("vision", "audio", "text", "depth", "thermal", "imu"):
-        kw.update({f"{tower}_embed_dim": width, f"{tower}_num_blocks": 1,
-                   f"{tower}_num_heads": 1})
-    torch.manual_seed(0)
-    torch.save(ib.model_module().ImageBindModel(**kw).eval().state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

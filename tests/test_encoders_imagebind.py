@@ -11,30 +11,18 @@ import re
 import numpy as np
 import pytest
 import yaml
+from helpers.imagebind import require_imagebind, tiny_model
 from PIL import Image
 
 from cmcl.encoders import get_encoder
 
 torch = pytest.importorskip("torch")
-ib = pytest.importorskip("cmcl.encoders.imagebind")
-try:
-    ib.model_module()
-except ImportError as e:  # pragma: no cover - the wheel is part of `make install`
-    pytest.skip(f"imagebind-unofficial not installed ({e})", allow_module_level=True)
+ib = require_imagebind()
 
 av = pytest.importorskip("av")
 sf = pytest.importorskip("soundfile")
 MODALITIES = ["image", "video", "text", "audio", "depth", "thermal"]
 PAD = -ib.AUDIO_MEAN / ib.AUDIO_STD  # a zero-padded fbank column after normalisation
-
-
-def tiny_model(width: int = 32, seed: int = 0):
-    kw = {"out_embed_dim": width}
-    for tower in ("vision", "audio", "text", "depth", "thermal", "imu"):
-        kw.update({f"{tower}_embed_dim": width, f"{tower}_num_blocks": 1,
-                   f"{tower}_num_heads": 1})
-    torch.manual_seed(seed)
-    return ib.model_module().ImageBindModel(**kw).eval()
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,13 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers.imagebind import require_imagebind, tiny_imagebind
 from PIL import Image
 
 from cmcl.encoders import get_encoder
 
 torch = pytest.importorskip("torch")
-ib = pytest.importorskip("cmcl.encoders.imagebind")
-try:
-    ib.model_module()
-except ImportError as e:  # pragma: no cover - the wheel is part of `make install`
-    pytest.skip(f"imagebind-unofficial not installed ({e})", allow_module_level=True)
+ib = require_imagebind()
 from cmcl.encoders import unibind as ub  # noqa: E402
 
 D = 16
@@ -26,7 +23,6 @@ D = 16
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, one_thread):
     from safetensors.torch import save_file
-    from test_embed_parallel import tiny_imagebind
 
     d = tmp_path_factory.mktemp("unibind")
     plain = tiny_imagebind(d / "imagebind.pth", D)

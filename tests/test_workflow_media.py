@@ -16,17 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers.imagebind import require_imagebind, tiny_imagebind
 
 torch = pytest.importorskip("torch")
 av = pytest.importorskip("av")
 sf = pytest.importorskip("soundfile")
-ib = pytest.importorskip("cmcl.encoders.imagebind")
-try:
-    ib.model_module()
-except ImportError as e:  # pragma: no cover - the wheel is part of `make install`
-    pytest.skip(f"imagebind-unofficial not installed ({e})", allow_module_level=True)
+ib = require_imagebind()
 
-from test_embed_parallel import tiny_imagebind  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
