@@ -46,6 +46,21 @@ def make_corpus(path: Path, n_per_class: int = 6, seed: int = 0) -> Path:
     return path
 
 
+def embedded_tasks(d: Path, tasks: dict, n_per_class: int = 12) -> Path:
+    """A make_corpus corpus under d, each task's splits sharded to d/s/ and embedded (pixels,
+    mfcc_stats) to d/features/<task>/<split>: what sweeps and tuning read. Returns the corpus."""
+    from cmcl.embed import embed_split
+    from cmcl.shards import shard_task
+
+    corpus = make_corpus(d / "corpus", n_per_class=n_per_class)
+    for name, t in tasks.items():
+        for split in ("train", "test"):
+            shard_task({"name": name, **t}, {"path": str(corpus)}, split, d / f"s/{name}/{split}")
+            embed_split(d / f"s/{name}/{split}", d / f"features/{name}/{split}",
+                        {"image": "pixels", "audio": "mfcc_stats"})
+    return corpus
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return make_corpus(tmp_path / "corpus")

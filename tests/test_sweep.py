@@ -22,18 +22,10 @@ TASKS = {
 
 @pytest.fixture(scope="module")
 def sweep_setup(tmp_path_factory):
-    from conftest import make_corpus
-
-    from cmcl.embed import embed_split
-    from cmcl.shards import shard_task
+    from conftest import embedded_tasks
 
     d = tmp_path_factory.mktemp("sweep")
-    corpus = make_corpus(d / "corpus", n_per_class=12)
-    for name, t in TASKS.items():
-        for split in ("train", "test"):
-            shard_task({"name": name, **t}, {"path": str(corpus)}, split, d / f"s/{name}/{split}")
-            embed_split(d / f"s/{name}/{split}", d / f"features/{name}/{split}",
-                        {"image": "pixels", "audio": "mfcc_stats"})
+    embedded_tasks(d, TASKS)
     params = {
         "tasks": TASKS, "sequences": {"s": ["lo", "hi"]}, "shard": {}, "embed": {},
         "model": {"embed_dim": 8, "bias": False, "init": "orthogonal"},

@@ -40,18 +40,10 @@ def raw_params(corpus: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from conftest import make_corpus
-
-    from cmcl.embed import embed_split
-    from cmcl.shards import shard_task
+    from conftest import embedded_tasks
 
     d = tmp_path_factory.mktemp("tune")
-    corpus = make_corpus(d / "corpus", n_per_class=12)
-    for name, t in TASKS.items():
-        for split in ("train", "test"):
-            shard_task({"name": name, **t}, {"path": str(corpus)}, split, d / f"s/{name}/{split}")
-            embed_split(d / f"s/{name}/{split}", d / f"features/{name}/{split}",
-                        {"image": "pixels", "audio": "mfcc_stats"})
+    corpus = embedded_tasks(d, TASKS)
     return d, raw_params(corpus)
 
 
