@@ -5,7 +5,7 @@
 import sys
 from pathlib import Path
 
-from cmcl.config import ParamsError, check, compose_noting, read_params
+from cmcl.config import ParamsError, check, compose_noting, read_params, sources
 from cmcl.preflight import python_on_path_problem, run_lock_problem
 
 if workflow.is_main_process and (problem := python_on_path_problem()
@@ -26,7 +26,8 @@ try:  # a bad value stops here with key-named lines, not a traceback
                                       extra=workflow.config_settings.config)
         if note and workflow.is_main_process:  # once, not again in every job's own parse
             print(note, file=sys.stderr)
-    config = check(config, "pipeline/schemas/params.schema.yaml", source="params.yaml")
+    config = check(config, "pipeline/schemas/params.schema.yaml",
+                   source=sources(workflow.overwrite_configfiles))  # e.g. params.yaml + my.yaml
 except ParamsError as e:
     sys.exit(str(e))
 

@@ -268,6 +268,21 @@ def compose(files: list[str | Path], default_base: str | Path = "params.yaml",
 MERGED_SECTIONS = ("corpora", "tasks", "sequences")  # declarations a file may redefine
 
 
+def _base_of(layers: list[dict], default_base: str | Path) -> str | Path | None:
+    """What the files merge over: the last `extends`, else default_base (if it exists)."""
+    declared = [layer["extends"] for layer in layers if "extends" in layer]
+    base = declared[-1] if declared else default_base
+    if base is not None and not declared and not Path(base).exists():
+        return None  # a lone complete file validated outside the project folder
+    return base
+
+
+def sources(files: list[str | Path], default_base: str | Path = "params.yaml") -> str:
+    """The files a composed configuration came from, base first (for error messages)."""
+    base = _base_of([read_params(f) for f in files], default_base) if files else default_base
+    return " + ".join(map(str, [*([base] if base is not None else []), *files]))
+
+
 def compose_noting(files: list[str | Path], default_base: str | Path = "params.yaml",
                    extra: Mapping | None = None) -> tuple[dict, str | None]:
     """compose, plus a notice naming every declaration a file merges into (None: none).
@@ -276,10 +291,7 @@ def compose_noting(files: list[str | Path], default_base: str | Path = "params.y
     replaced), silently in Snakemake; the notice says which, so a reused name is a choice.
     """
     layers = [read_params(f) for f in files]
-    declared = [layer["extends"] for layer in layers if "extends" in layer]
-    base = declared[-1] if declared else default_base
-    if base is not None and not declared and not Path(base).exists():
-        base = None  # a lone complete file validated outside the project folder
+    base = _base_of(layers, default_base)
     out = read_params(base) if base is not None else {}
     merged: list[str] = []
     for f, layer in zip(files, layers, strict=True):
