@@ -12,25 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+from cmcl.method_info import MethodInfo, resolve_options  # noqa: F401  (re-exported)
+
 STRATEGIES = Path(__file__).resolve().parent / "strategies"
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    name: str
-    description: str
-    citation: str
-    options: dict  # JSON schema fragment: {"properties": {...}, "required": [...]}
-    joint: bool
-    first_step_ignores: tuple[str, ...]
-    space: dict | None = None  # the tuning search space (None: undeclared)
-    budget: dict = field(default_factory=dict)  # option -> "samples" | "per_task"
-
-    def schema(self) -> dict:
-        return {"type": "object", "additionalProperties": False, **self.options}
 
 
 def cache_dir() -> Path:
@@ -40,17 +27,19 @@ def cache_dir() -> Path:
 
 
 def sources_key() -> str:
-    """Content hash of every strategy module (and this file): any edit invalidates the cache."""
+    """Content hash of every strategy module, shared bases included, and of the metadata
+    code: any edit invalidates the cache."""
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for f in sorted(STRATEGIES.glob("*.py")):
-        h.update(f.name.encode())
+    here = Path(__file__).parent
+    for f in sorted([*STRATEGIES.rglob("*.py"), here / "method_info.py"]):
+        h.update(f.relative_to(here).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:20]
 
 
 def from_registry() -> dict[str, MethodInfo]:
     """Import every strategy (torch included) and read their class attributes."""
-    from cmcl.strategies import discover
+    from cmcl.strategies import discover  # here: torch costs ~2 s, the cached read none
 
     # through JSON, so a fresh build and a cached read are the same objects (lists, not tuples)
     return {n: MethodInfo(n, c.description, c.citation, json.loads(json.dumps(c.options)),
@@ -83,28 +72,3 @@ def methods() -> dict[str, MethodInfo]:
             pass
     _MEMO[key] = found
     return found
-
-
-def resolve_options(info: MethodInfo, given: dict, where: str | None = None) -> dict:
-    """Fill a method's option defaults and validate the result against its schema.
-
-    Validating the filled options lets the schema's cross-field rules (`allOf` of if/then, e.g.
-    a threshold's range per `threshold_mode`) see defaulted values too; a rule's "$comment"
-    says why in the message.
-    """
-    import jsonschema
-
-    where = where or f"methods.{info.name}"
-    out = dict(given) if isinstance(given, dict) else given
-    if isinstance(out, dict):
-        for key, sub in info.options.get("properties", {}).items():
-            if key not in out and "default" in sub:
-                out[key] = sub["default"]
-    errors = list(jsonschema.Draft202012Validator(info.schema()).iter_errors(out))
-    if errors:
-        lines = [f"  {'.'.join([where, *map(str, e.absolute_path)])}: {e.message}"
-                 + (f" ({e.schema['$comment']})" if isinstance(e.schema, dict)
-                    and "$comment" in e.schema else "")
-                 for e in errors]
-        raise ValueError("invalid method options\n" + "\n".join(lines))
-    return out

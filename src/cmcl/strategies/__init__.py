@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from cmcl.catalog import MethodInfo, resolve_options
+from cmcl.method_info import MethodInfo, resolve_options
 from cmcl.models import MultiHead
 
 REGISTRY: dict[str, type[Strategy]] = {}
