@@ -33,7 +33,8 @@ import numpy as np
 from cmcl.corpora import CorpusInfo, Sample, disjoint_splits, register_adapter, resolve_classes
 from cmcl.corpora.media import SampleError, iterate, take_options
 from cmcl.io import DIGESTS, atomic_dir, record_digests, save_tensors, write_json
-from cmcl.shards import KEY_OK, npy_bytes, write_shards
+from cmcl.shard_writer import write_shards
+from cmcl.tario import KEY_OK, npy_bytes
 
 DEFAULTS: dict[str, Any] = {
     "encoder": None, "dataset": None, "modalities": None, "splits": ["train", "test"],
