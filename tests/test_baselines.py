@@ -15,7 +15,7 @@ from cmcl.metrics import retrieval_metrics
 from cmcl.models import MultiHead
 from cmcl.strategies import TaskContext, get_strategy
 from cmcl.strategies.gem import agem_project, gem_project
-from cmcl.strategies.replay import ReservoirBuffer
+from cmcl.strategies.helpers.replay import ReservoirBuffer
 
 DIMS = {"a": 6, "b": 5, "c": 4}
 EMBED = 4

@@ -17,7 +17,7 @@ from cmcl.io import write_json
 
 def measure(step_dir: str | Path) -> dict:
     """samples, state_bytes and extra_params of one saved step (loaded as evaluation does)."""
-    from cmcl.strategies.replay import SlotMemory
+    from cmcl.strategies.helpers.replay import SlotMemory
     from cmcl.train import load_model, load_strategy
 
     step_dir = Path(step_dir)

@@ -159,9 +159,10 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def discover() -> dict[str, type[Strategy]]:
-    """Import every module of this package so each method registers itself."""
+    """Import every module so each method registers itself (subpackages hold no methods)."""
     for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+        if not mod.ispkg:
+            importlib.import_module(f"{__name__}.{mod.name}")
     return REGISTRY
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from cmcl.io import read_json, write_json
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
-from cmcl.strategies.replay import ReservoirBuffer, step_generator
+from cmcl.strategies.helpers.replay import ReservoirBuffer, step_generator
 
 CITATION = "Cha, Lee, Shin. Co2L: Contrastive Continual Learning. ICCV 2021"
 

@@ -52,9 +52,9 @@ from cmcl.io import load_tensors, read_json, save_tensors, write_json
 from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
-from cmcl.strategies.comm_adapters import Adapters
+from cmcl.strategies.helpers.adapters import Adapters
+from cmcl.strategies.helpers.replay import step_generator
 from cmcl.strategies.pseudo import GaussianMemory
-from cmcl.strategies.replay import step_generator
 
 
 @register

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from cmcl.losses import resolve
 from cmcl.strategies import LR, TaskContext, choice, log_range, register
 from cmcl.strategies.er import BUFFER_OPTIONS, ER
-from cmcl.strategies.replay import ReplayBatch, replay_loss
+from cmcl.strategies.helpers.replay import ReplayBatch, replay_loss
 
 CITATION = ("Buzzega, Boschini, Porrello, Abati, Calderara. Dark Experience for General "
             "Continual Learning: a Strong, Simple Baseline. NeurIPS 2020")

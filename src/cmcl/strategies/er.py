@@ -19,7 +19,7 @@ import torch
 from cmcl.losses import resolve
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, choice, log_range, register
-from cmcl.strategies.replay import ReservoirBuffer, replay_loss, step_generator
+from cmcl.strategies.helpers.replay import ReservoirBuffer, replay_loss, step_generator
 
 BUFFER_OPTIONS = {
     "memory_size": {"type": "integer", "minimum": 1, "default": 500},

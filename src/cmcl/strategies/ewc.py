@@ -18,7 +18,7 @@ from cmcl.io import load_tensors, read_json, save_tensors, write_json
 from cmcl.losses import info_nce, resolve
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
-from cmcl.strategies.replay import step_generator
+from cmcl.strategies.helpers.replay import step_generator
 
 
 def head_params(model: MultiHead, modalities) -> dict[str, torch.nn.Parameter]:

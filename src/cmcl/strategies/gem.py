@@ -23,7 +23,7 @@ from scipy.optimize import nnls
 from cmcl.losses import resolve
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, choice, register
-from cmcl.strategies.replay import EpisodicMemory, ReplayBatch, replay_loss, step_generator
+from cmcl.strategies.helpers.replay import EpisodicMemory, ReplayBatch, replay_loss, step_generator
 
 
 def gem_project(g: torch.Tensor, mem: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
