@@ -13,7 +13,7 @@ from helpers.numerics import weight_atol
 from cmcl.models import MultiHead
 from cmcl.strategies import get_strategy
 from cmcl.strategies.adam_nscl import min_ratio_rank
-from cmcl.strategies.gpm import InputProjection
+from cmcl.strategies.bases.null_space import NullSpaceProjection
 from cmcl.subspace import FactoredGradients, RotatedHeads, null_space_update
 
 DIMS = {"a": 12, "b": 10, "c": 9}
@@ -191,9 +191,9 @@ def test_gpm_factored_gradients_equal_the_dense_projection(monkeypatch, bias):
 
     def checked(self, m, p_out, p_in):
         head = self.heads[m]
-        g = InputProjection._joined(head, grad=True).clone()
+        g = NullSpaceProjection._joined(head, grad=True).clone()
         assert project(self, m, p_out, p_in)
-        got, want = InputProjection._joined(head, grad=True), null_space_update(g, p_out, p_in)
+        got, want = NullSpaceProjection._joined(head, grad=True), null_space_update(g, p_out, p_in)
         errors.append(((got - want).abs().max() / g.abs().max()).item())
         return True
 
@@ -244,7 +244,7 @@ def test_rotated_inputs_once_per_task_equal_the_per_batch_hooks(old, monkeypatch
     once, drift, moved = new_task(old[method], method, placement="rotated", **opts)
     assert calls == [("a", True, False), ("c", False, False)]
     assert drift < 1e-5 and moved > 0.1
-    monkeypatch.setattr(InputProjection, "per_task_inputs", False)
+    monkeypatch.setattr(NullSpaceProjection, "per_task_inputs", False)
     hooked, _, _ = new_task(old[method], method, placement="rotated", **opts)
     assert len(calls) == 2
     tc = cfg(method)["train"]

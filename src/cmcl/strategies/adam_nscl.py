@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from cmcl.strategies import LR, log_range, register
-from cmcl.strategies.gpm import InputProjection
+from cmcl.strategies.bases.null_space import NullSpaceProjection
 from cmcl.subspace import THRESHOLD_MODES, Projector, spectrum, threshold_rules
 
 
@@ -50,13 +50,12 @@ def min_ratio_rank(eigvals: torch.Tensor, a: float) -> int:
 
 
 @register
-class AdamNSCL(InputProjection):
+class AdamNSCL(NullSpaceProjection):
     name = "adam_nscl"
     description = "Adam-NSCL: restrict the AdamW update of each head to the null space of " \
                   "its past inputs' uncentered covariance"
     citation = ("Wang, Li, Sun, Xu. Training Networks in Null Space of Feature Covariance for "
                 "Continual Learning. CVPR 2021")
-    threshold_key = "a"
     options = {"properties": {
         "placement": {"enum": ["update", "rotated"], "default": "update",
                       "description": "update: project the AdamW update (the paper's); "
@@ -76,12 +75,10 @@ class AdamNSCL(InputProjection):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        self.placement = self.opts["placement"]
-        self.mode, self.a = self.opts["threshold_mode"], float(self.opts["a"])
+        self.a = float(self.opts["a"])
 
     def input_projector(self, modality: str) -> Projector:
-        st = self._require_state()
         if self.mode != "min_ratio":
-            return st.projector(modality, "in", self.mode, self.a)
-        vals, vecs = spectrum(st.covariance(modality, "in"))
+            return self.side_projector(modality, "in", self.a)
+        vals, vecs = spectrum(self._require_state().covariance(modality, "in"))
         return Projector(vecs, min_ratio_rank(vals, self.a))

@@ -26,33 +26,23 @@ per-coordinate moments live in the rotated coordinates, so the trajectory differ
 "exact". Bias-free heads only. The inputs are rotated once per task (`train_inputs`: the
 features are frozen); only the partner's output, mapped into the pair's common frame, costs a
 B×d² product per step.
+
+The machinery shared with GPM and Adam-NSCL (state, placements, projecting, the covariance
+update) is cmcl.strategies.bases.null_space. DNS's own part: the partner (output) side and its
+covariances, the `sides` ablation, and the faithful mode (bias left out, authors' counts).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from cmcl.models import MultiHead
-from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
-from cmcl.subspace import (
-    THRESHOLD_MODES,
-    FactoredGradients,
-    Projector,
-    RotatedHeads,
-    SubspaceState,
-    null_space_update_,
-    threshold_rules,
-)
-
-
-def _augment(x: torch.Tensor, bias: bool) -> torch.Tensor:
-    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1) if bias else x
+from cmcl.strategies import LR, TaskContext, log_range, register
+from cmcl.strategies.bases.null_space import NullSpaceProjection
+from cmcl.subspace import THRESHOLD_MODES, Projector, threshold_rules
 
 
 @register
-class DNS(Strategy):
+class DNS(NullSpaceProjection):
     name = "dns"
     description = "dual-sided null-space projection of head updates (input and partner sides)"
     citation = "Liu, Xia, Ng, Chua. Continual Multimodal Contrastive Learning. arXiv:2503.14963"
@@ -81,157 +71,65 @@ class DNS(Strategy):
     # both sides' null-space thresholds (relative mode)
     space = {"threshold_in": log_range(1e-6, 0.3), "threshold_out": log_range(1e-6, 0.3),
              "train.lr": LR}
-    # rotated: rotate the task's inputs once (train_inputs); False rotates every batch by a
-    # forward hook instead (the reference the tests compare against)
-    per_task_inputs: bool = True
+    PLACEMENTS = {"exact": "update", "faithful": "gradient", "rotated": "rotated"}
+    output_side = True
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
         p = self.opts
-        self.placement, self.sides, self.mode = p["placement"], p["sides"], p["threshold_mode"]
+        self.sides = p["sides"]
         self.thr_in, self.thr_out = float(p["threshold_in"]), float(p["threshold_out"])
         fc = p["faithful_counts"]
         self.faithful_counts = self.placement == "faithful" if fc is None else bool(fc)
-        self.proj: dict[str, tuple[Projector, Projector]] = {}
-        self.snap: dict[str, torch.Tensor] = {}
-        self.factored: FactoredGradients | None = None  # faithful: gradients through factors
-        self.rotated: RotatedHeads | None = None
         self.paths = {"factored": 0, "dense": 0}  # faithful: projections taken by each path
 
+    @property
+    def bias_column(self) -> bool:
+        """faithful leaves the bias alone, as the authors' code does."""
+        return self.placement != "faithful"
+
     def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """In-task state for preemption checkpoints: only the path counters. Projectors, hooks
-        and rotations are rebuilt by load_state + before_task (rotated weights come back with
-        the model), and the covariances change only in after_task."""
+        """In-task state for preemption checkpoints: only the path counters (see the base)."""
         return {"paths": dict(self.paths)}, {}
 
     def load_task_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         self.paths = dict(meta["paths"])
 
-    def _bias(self, model: MultiHead) -> bool:
-        return model.config()["bias"] and self.placement == "exact"
+    def input_projector(self, modality: str) -> Projector:
+        st = self._require_state()
+        if self.sides == "output":
+            return Projector.identity(st.in_cov[modality].dim)
+        return self.side_projector(modality, "in", self.thr_in)
 
-    def load_state(self, directory: Path | None, model: MultiHead) -> None:
-        if self.placement == "rotated" and model.config()["bias"]:
-            raise ValueError("methods.dns.placement: 'rotated' needs bias-free heads "
-                             "(model.bias is true); use 'exact'")
-        aug = int(self._bias(model))
-        in_dims = {m: d + aug for m, d in model.in_dims.items()}
-        if directory is not None and (directory / "subspace.json").exists():
-            self.state = SubspaceState.load(directory, in_dims, model.embed_dim)
-        else:
-            self.state = SubspaceState(in_dims, model.embed_dim, self.faithful_counts)
-
-    def save_state(self, directory: Path) -> None:
-        self.state.save(directory)
-
-    def projectors(self, modality: str) -> tuple[Projector, Projector] | None:
-        """(P_out, P_in) for a head, from the saved covariances; None if it has no past."""
-        st = self.state
-        if not st.seen(modality, "in"):
-            return None
-        d_in, d_out = st.in_cov[modality].dim, st.out_cov[modality].dim
-        use_in = self.sides in ("both", "input")
-        use_out = self.sides in ("both", "output") and st.seen(modality, "out")
-        p_in = (st.projector(modality, "in", self.mode, self.thr_in) if use_in
-                else Projector.identity(d_in))
-        p_out = (st.projector(modality, "out", self.mode, self.thr_out) if use_out
-                 else Projector.identity(d_out))
-        return p_out, p_in
+    def output_projector(self, modality: str) -> Projector:
+        st = self._require_state()
+        if self.sides == "input" or not st.seen(modality, "out"):
+            return Projector.identity(st.out_dim)
+        return self.side_projector(modality, "out", self.thr_out)
 
     def before_task(self, ctx: TaskContext) -> None:
-        w = ctx.model.heads[ctx.modalities[0]].weight
-        self.proj = {}
-        for m in ctx.modalities:
-            pr = self.projectors(m)
-            if pr is not None:
-                self.proj[m] = (pr[0].to(w.device, w.dtype), pr[1].to(w.device, w.dtype))
-        ctx.extra["dns_ranks"] = {m: {"out": po.rank, "in": pi.rank}
-                                  for m, (po, pi) in self.proj.items()}
-        heads = {m: ctx.model.heads[m] for m in self.proj}
         self.paths = {"factored": 0, "dense": 0}
-        if self.placement == "faithful" and heads and FactoredGradients.usable():
-            self.factored = FactoredGradients(heads, seed=ctx.step)
-        if self.placement == "rotated":
-            self.rotated = RotatedHeads(heads, self.proj, pair=ctx.modalities,
-                                        input_hooks=not self.per_task_inputs)
+        super().before_task(ctx)
 
-    def train_inputs(self, ctx: TaskContext, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Rotated placement: the task's features in the head's rotated input frame, once."""
-        if self.rotated is None or not self.per_task_inputs:
-            return x
-        return self.rotated.rotate_inputs(modality, x)
-
-    def embed(self, model: torch.nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """While training rotated, the pair's embeddings in one common orthogonal frame: the
-        contrastive loss sees only their inner products and norms (RotatedHeads `pair`)."""
-        z = model(modality, x)
-        return z if self.rotated is None else self.rotated.to_frame(modality, z)
-
-    def _weight(self, head: torch.nn.Linear, aug: bool) -> torch.Tensor:
-        return torch.cat([head.weight, head.bias[:, None]], 1) if aug else head.weight
-
-    @torch.no_grad()
-    def before_optimizer_step(self, ctx: TaskContext) -> None:
-        if self.placement == "rotated":
-            return
-        aug = self._bias(ctx.model)
-        for m, (p_out, p_in) in self.proj.items():
-            head = ctx.model.heads[m]
-            if self.placement == "exact":
-                self.snap[m] = self._weight(head, aug).detach().clone()
-            elif self.factored is not None and self.factored.project_(m, p_out, p_in):
-                self.paths["factored"] += 1
-            elif head.weight.grad is not None:
-                null_space_update_(head.weight.grad, head.weight.grad, p_out, p_in)
-                self.paths["dense"] += 1
-        if self.factored is not None:
-            self.factored.clear()
-
-    @torch.no_grad()
-    def after_optimizer_step(self, ctx: TaskContext) -> None:
-        if self.rotated is not None:
-            self.rotated.restore_()
-        if self.placement != "exact":
-            return
-        aug = self._bias(ctx.model)
-        for m, (p_out, p_in) in self.proj.items():
-            head = ctx.model.heads[m]
-            before = self.snap[m]
-            if aug:
-                new = self._weight(head, aug)
-                null_space_update_(new, new - before, p_out, p_in)
-                head.weight.copy_(new[:, : head.weight.shape[1]])
-                head.bias.copy_(new[:, -1])
-            else:  # W ← before + (ΔW − P_out ΔW P_in), i.e. W −= P_out ΔW P_in, in place
-                null_space_update_(head.weight, head.weight - before, p_out, p_in)
+    def project_gradient(self, m: str, head: torch.nn.Linear, p_out: Projector,
+                         p_in: Projector) -> str | None:
+        path = super().project_gradient(m, head, p_out, p_in)
+        if path is not None:
+            self.paths[path] += 1
+        return path
 
     def _close(self, ctx: TaskContext) -> None:
-        """Drop the hooks; rotated weights go back to the original coordinates."""
         if self.placement == "faithful":
             ctx.extra["dns_gradient_paths"] = dict(self.paths)
-        if self.factored is not None:
-            self.factored.close()
-            self.factored = None
-        if self.rotated is not None:
-            self.rotated.close()
-            self.rotated = None
+        super()._close(ctx)
 
-    @torch.no_grad()
-    def after_task(self, ctx: TaskContext) -> None:
-        """Add this task's inputs and partner embeddings to the running covariances."""
-        self._close(ctx)
+    def update_outputs(self, ctx: TaskContext, xa: torch.Tensor, xb: torch.Tensor) -> None:
+        """Each head's partner embeddings; faithful: the authors' W Σ Wᵀ, the bias left out."""
         a, b = ctx.modalities
-        aug = self._bias(ctx.model)
-        n = len(ctx.train[a])
-        bs = int(ctx.cfg.get("train", {}).get("batch_size", 64)) * 16
-        # faithful: the authors' output covariance is W Σ Wᵀ, the bias left out
-        out = ((lambda m, x: x @ ctx.model.heads[m].weight.T) if self.placement == "faithful"
-               else ctx.model)
-        for i in range(0, n, bs):
-            xa, xb = ctx.train[a][i: i + bs], ctx.train[b][i: i + bs]
-            za, zb = out(a, xa), out(b, xb)
-            self.state.update_inputs(a, _augment(xa, aug))
-            self.state.update_inputs(b, _augment(xb, aug))
-            self.state.update_outputs(a, zb)
-            self.state.update_outputs(b, za)
-        self.state.end_task(ctx.step, ctx.task, [a, b], n)
+        if self.placement == "faithful":
+            za, zb = xa @ ctx.model.heads[a].weight.T, xb @ ctx.model.heads[b].weight.T
+        else:
+            za, zb = ctx.model(a, xa), ctx.model(b, xb)
+        st = self._require_state()
+        st.update_outputs(a, zb)
+        st.update_outputs(b, za)

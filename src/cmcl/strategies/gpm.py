@@ -31,192 +31,20 @@ Choices made here, and why:
   (subspace.FactoredGradients, equal to the dense projection to float rounding); the update
   placement projects the dense AdamW update, O(d²k) per head and step.
 
-`InputProjection` holds the machinery shared with Adam-NSCL (cmcl.strategies.adam_nscl), which
-differs only in how the protected subspace is chosen and in always projecting the update.
+The machinery shared with Adam-NSCL and DNS (state, placements, projecting, the covariance
+update) is cmcl.strategies.bases.null_space; one-sided, its state has an empty (0-dim) output
+side. GPM's own part is its options and its kept-energy input projector.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
-from cmcl.models import MultiHead
-from cmcl.strategies import LR, Strategy, TaskContext, register
-from cmcl.subspace import (
-    THRESHOLD_MODES,
-    FactoredGradients,
-    Projector,
-    RotatedHeads,
-    SubspaceState,
-    null_space_update_,
-    threshold_rules,
-)
-
-
-class InputProjection(Strategy):
-    """One-sided projection ΔW ← ΔW − ΔW P_in, P_in spanning the head's past inputs.
-
-    Subclasses choose P_in (`input_projector`) and where the projection acts (`placement`:
-    gradient, update or rotated, see the module docstring). The state is a SubspaceState with
-    an empty (0-dim) output side: nothing of the partner embeddings is needed, and saving empty
-    d×d output covariances would waste disk.
-    """
-
-    placement: str = "update"
-    threshold_key: str = "threshold"  # the option `resolve_options` checks against the mode
-    # rotated: rotate the task's inputs once (train_inputs); False rotates every batch by a
-    # forward hook instead (the reference the tests compare against)
-    per_task_inputs: bool = True
-
-    def __init__(self, cfg: dict) -> None:
-        super().__init__(cfg)
-        self.proj: dict[str, tuple[Projector, Projector]] = {}  # m -> (identity out, P_in)
-        self.snap: dict[str, torch.Tensor] = {}
-        self.state: SubspaceState | None = None
-        self.factored: FactoredGradients | None = None
-        self.rotated: RotatedHeads | None = None
-
-    def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """In-task state for preemption checkpoints: none. Projectors, hooks and rotations are
-        rebuilt by load_state + before_task (rotated weights come back with the model), and
-        the covariances change only in after_task."""
-        return {}, {}
-
-    def load_task_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-        """Nothing to restore (see task_state)."""
-
-    @staticmethod
-    def _bias(model: MultiHead) -> bool:
-        return bool(model.config()["bias"])
-
-    def load_state(self, directory: Path | None, model: MultiHead) -> None:
-        if self.placement == "rotated" and self._bias(model):
-            raise ValueError(f"methods.{self.name}.placement: 'rotated' needs bias-free heads "
-                             "(model.bias is true); use 'update'")
-        aug = int(self._bias(model))
-        in_dims = {m: d + aug for m, d in model.in_dims.items()}
-        if directory is not None and (directory / "subspace.json").exists():
-            self.state = SubspaceState.load(directory, in_dims)
-        else:
-            self.state = SubspaceState(in_dims, 0)
-
-    def save_state(self, directory: Path) -> None:
-        self._require_state().save(directory)
-
-    def _require_state(self) -> SubspaceState:
-        if self.state is None:
-            raise RuntimeError(f"{self.name}: load_state must run before training")
-        return self.state
-
-    def input_projector(self, modality: str) -> Projector:
-        """Projector onto the protected span of the modality's past inputs."""
-        raise NotImplementedError
-
-    def before_task(self, ctx: TaskContext) -> None:
-        """Derive P_in once per task (never per step) and move it to the weights' device."""
-        st = self._require_state()
-        self.proj = {}
-        for m in ctx.modalities:
-            if st.seen(m, "in"):
-                w = ctx.model.heads[m].weight
-                p_in = self.input_projector(m).to(w.device, w.dtype)
-                self.proj[m] = (Projector.identity(w.shape[0]), p_in)
-        ctx.extra[f"{self.name}_ranks"] = {m: p.rank for m, (_, p) in self.proj.items()}
-        heads = {m: ctx.model.heads[m] for m in self.proj}
-        if self.placement == "gradient" and heads and FactoredGradients.usable():
-            self.factored = FactoredGradients(heads, bias_column=True, seed=ctx.step)
-        if self.placement == "rotated":
-            self.rotated = RotatedHeads(heads, self.proj, input_hooks=not self.per_task_inputs)
-
-    def train_inputs(self, ctx: TaskContext, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Rotated placement: the task's features in the head's eigenbasis of P_in, once per
-        task; no per-batch rotation is left (the output side is never rotated here)."""
-        if self.rotated is None or not self.per_task_inputs:
-            return x
-        return self.rotated.rotate_inputs(modality, x)
-
-    @staticmethod
-    def _joined(head: torch.nn.Linear, grad: bool) -> torch.Tensor | None:
-        """[W | b] (or its gradient): the bias as the weight of a constant input 1."""
-        w = head.weight.grad if grad else head.weight
-        if w is None:
-            return None
-        if head.bias is None:
-            return w
-        b = head.bias.grad if grad else head.bias
-        b = torch.zeros_like(head.bias) if b is None else b
-        return torch.cat([w, b[:, None]], 1)
-
-    @staticmethod
-    def _split_into(head: torch.nn.Linear, value: torch.Tensor, grad: bool) -> None:
-        d = head.weight.shape[1]
-        (head.weight.grad if grad else head.weight).copy_(value[:, :d])
-        if head.bias is not None:
-            if grad and head.bias.grad is None:
-                head.bias.grad = torch.zeros_like(head.bias)
-            (head.bias.grad if grad else head.bias).copy_(value[:, d])
-
-    @torch.no_grad()
-    def before_optimizer_step(self, ctx: TaskContext) -> None:
-        if self.placement == "rotated":
-            return
-        for m, (p_out, p_in) in self.proj.items():
-            head = ctx.model.heads[m]
-            if self.placement == "update":
-                self.snap[m] = self._joined(head, grad=False).detach().clone()
-            elif self.factored is None or not self.factored.project_(m, p_out, p_in):
-                g = self._joined(head, grad=True)
-                if g is not None:
-                    self._split_into(head, null_space_update_(g, g, p_out, p_in), grad=True)
-        if self.factored is not None:
-            self.factored.clear()
-
-    @torch.no_grad()
-    def after_optimizer_step(self, ctx: TaskContext) -> None:
-        if self.rotated is not None:
-            self.rotated.restore_()
-        if self.placement != "update":
-            return
-        for m, (p_out, p_in) in self.proj.items():
-            head, before = ctx.model.heads[m], self.snap[m]
-            if head.bias is None:  # W −= P_out ΔW P_in, in place
-                null_space_update_(head.weight, head.weight - before, p_out, p_in)
-                continue
-            new = self._joined(head, grad=False)
-            self._split_into(head, null_space_update_(new, new - before, p_out, p_in),
-                             grad=False)
-
-    def _close(self) -> None:
-        """Drop the hooks; rotated weights go back to the original coordinates."""
-        if self.factored is not None:
-            self.factored.close()
-            self.factored = None
-        if self.rotated is not None:
-            self.rotated.close()
-            self.rotated = None
-
-    @torch.no_grad()
-    def after_task(self, ctx: TaskContext) -> None:
-        """Add this task's inputs of both modalities to their running covariances."""
-        self._close()
-        st = self._require_state()
-        a, b = ctx.modalities
-        aug = self._bias(ctx.model)
-        bs = int(ctx.cfg.get("train", {}).get("batch_size", 64)) * 16
-        for m in (a, b):
-            x = ctx.train[m]
-            for i in range(0, len(x), bs):
-                xb = x[i: i + bs]
-                if aug:
-                    xb = torch.cat([xb, torch.ones(len(xb), 1, dtype=xb.dtype,
-                                                   device=xb.device)], 1)
-                st.update_inputs(m, xb)
-        st.end_task(ctx.step, ctx.task, [a, b], len(ctx.train[a]))
+from cmcl.strategies import LR, register
+from cmcl.strategies.bases.null_space import NullSpaceProjection
+from cmcl.subspace import THRESHOLD_MODES, Projector, threshold_rules
 
 
 @register
-class GPM(InputProjection):
+class GPM(NullSpaceProjection):
     name = "gpm"
     description = "gradient projection memory: input-side projection onto the complement of " \
                   "the past inputs' kept-energy span"
@@ -237,8 +65,7 @@ class GPM(InputProjection):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        self.placement = self.opts["placement"]
-        self.mode, self.threshold = self.opts["threshold_mode"], float(self.opts["threshold"])
+        self.threshold = float(self.opts["threshold"])
 
     def input_projector(self, modality: str) -> Projector:
-        return self._require_state().projector(modality, "in", self.mode, self.threshold)
+        return self.side_projector(modality, "in", self.threshold)
