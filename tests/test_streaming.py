@@ -1,15 +1,19 @@
-"""Streaming readers: per-epoch seeded shuffling, rank x worker splitting, padding/dropping."""
+"""Streaming readers (webdataset pipelines): per-epoch seeded shuffling, rank x worker
+splitting, padding/dropping, errors naming the tar, no unpickling."""
 
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 from torch.utils.data import DataLoader
 
-from cmcl.shards import npy_bytes, read_features, write_shards
+from cmcl.shards import iter_samples, npy_bytes, read_features, write_shards
 from cmcl.streams import FeatureStream, SampleStream
 
 
@@ -24,13 +28,14 @@ def feature_dir(path, n: int, per_shard: int, d: int = 3):
     return path
 
 
-def epoch_keys(stream_args: dict, world: int, workers: int, epoch: int) -> list[list[str]]:
+def epoch_keys(stream_args: dict, world: int, workers: int, epoch: int,
+               context: str | None = None) -> list[list[str]]:
     """Keys each rank sees in one epoch, through a real DataLoader with `workers` workers."""
     out = []
     for rank in range(world):
         s = SampleStream(**stream_args, rank=rank, world_size=world)
         s.set_epoch(epoch)
-        dl = DataLoader(s, batch_size=None, num_workers=workers)
+        dl = DataLoader(s, batch_size=None, num_workers=workers, multiprocessing_context=context)
         out.append([x["__key__"] for x in dl])
     return out
 
@@ -83,3 +88,79 @@ def test_feature_stream_batches_match_read_features(tmp_path):
         np.testing.assert_array_equal(b["image"].numpy(), ref["image"][idx])
         np.testing.assert_array_equal(b["text"].numpy(), ref["text"][idx])
         assert b["labels"].tolist() == ref["labels"][idx].tolist()
+
+
+def test_spawned_workers_keep_the_rank_given_to_the_stream(tmp_path):
+    """The stream is webdataset's pipeline, pickled into spawned workers (which see no process
+    group): they read what forked workers read."""
+    d = feature_dir(tmp_path / "f", 23, per_shard=5)
+    args = {"directory": d, "shuffle": True, "seed": 2, "buffer_size": 4}
+    assert isinstance(SampleStream(d), wds.DataPipeline)
+    assert epoch_keys(args, 2, 2, 1, "spawn") == epoch_keys(args, 2, 2, 1, "fork")
+
+
+class _Touch:
+    """A pickle that creates a file when loaded: proof that nothing unpickled it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def test_no_member_is_ever_unpickled(tmp_path):
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Touch(marker))
+    pickle.loads(payload)  # the payload is live
+    assert marker.exists()
+    marker.unlink()
+    d = tmp_path / "f"
+    d.mkdir()
+    x = np.ones(3, np.float32)
+    write_shards(d, [{"__key__": f"k{i}", "cls": 1, "image.npy": npy_bytes(x), "text.npy":
+                      npy_bytes(x), "x.pyd": payload, "y.pickle": payload, "z.pkl": payload}
+                     for i in range(4)], 3)
+    (d / "meta.json").write_text(json.dumps({"modalities": ["image", "text"]}))
+    raw = list(iter_samples(d)) + list(SampleStream(d, shuffle=True))
+    assert len(raw) == 8 and all(s[k] == payload for s in raw for k in ("x.pyd", "y.pickle"))
+    batches = list(DataLoader(FeatureStream(d, batch_size=2), batch_size=None, num_workers=1))
+    assert [len(b["keys"]) for b in batches] == [2, 2]
+    assert not marker.exists()
+    obj = tmp_path / "o"  # a .npy of Python objects would need unpickling: refused
+    obj.mkdir()
+    write_shards(obj, [{"__key__": "k0", "image.npy": npy_bytes(x), "text.npy": _object_npy()}],
+                 3)
+    (obj / "meta.json").write_text(json.dumps({"modalities": ["image", "text"]}))
+    with pytest.raises(ValueError, match=r"000000\.tar:k0\.text\.npy: not a readable \.npy"):
+        list(FeatureStream(obj))
+
+
+def _object_npy() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_streamed_reads_name_a_cut_or_corrupt_tar(tmp_path):
+    """tarfile's stream mode stops silently at a cut or corrupt header: the counts that
+    index.parquet and sizes.json give turn that into an error naming the tar."""
+    d = feature_dir(tmp_path / "f", 6, per_shard=6)
+    tar = d / "000000.tar"
+    raw = bytearray(tar.read_bytes())
+    third = raw.index(b"k002.cls")
+    raw[third + 125] = ord("7")  # k002's first header no longer matches its checksum
+    tar.write_bytes(bytes(raw))
+    for read in (lambda: list(SampleStream(d)), lambda: list(iter_samples(d))):
+        with pytest.raises(ValueError, match=r"000000\.tar: corrupt tar \(a header after sample "
+                                             r"'k001' is unreadable; .*6 samples.*, 2 read\)"):
+            read()
+    tar.write_bytes(bytes(raw[:third]))
+    with pytest.raises(ValueError, match=r"000000\.tar: truncated tar \(the index expects \d+ "
+                                         rf"bytes, the file has {third}\)"):
+        list(SampleStream(d))
+    with pytest.raises(ValueError, match=r"000000\.tar: truncated tar \(the file ends after "
+                                         r"sample 'k001'; sizes.json lists 6 samples, 2 read\)"):
+        list(iter_samples(d))

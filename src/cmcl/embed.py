@@ -15,12 +15,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 from tqdm import tqdm
 
 from cmcl.encoders import get_encoder
 from cmcl.io import DIGESTS, atomic_dir, read_json, record_digests, save_tensors, write_json
 from cmcl.shards import iter_samples, npy_bytes, write_shards
-from cmcl.streams import SampleStream, batched
+from cmcl.streams import SampleStream
 
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
 STORAGE_DTYPES = ("float32", "float16")  # numpy has no bfloat16
@@ -52,7 +53,7 @@ class _Run(SampleStream):
         super().__init__(directory, shuffle=False, rank=0, world_size=1)
         self.run = (start, min(stop, self.n))
 
-    def _rank_run(self) -> tuple[int, int]:
+    def _rank_run(self, r: int) -> tuple[int, int]:
         return self.run
 
 
@@ -133,7 +134,7 @@ def _records(stream, enc, encoders, mods, batch_size, store, dims, task, rank, w
              ) -> Iterator[dict]:
     """Feature records of this rank's batches, in shard order."""
     desc = f"embed {task}" + (f" [{rank}/{world}]" if world > 1 else "")
-    for batch in tqdm(batched(stream, batch_size), desc=desc,
+    for batch in tqdm(stream.compose(wds.batched(batch_size, collation_fn=None)), desc=desc,
                       total=-(-len(stream) // batch_size), leave=False, disable=None):
         feats = {m: _encode(enc[m], batch, m).astype(store) for m in mods}
         for m, x in feats.items():

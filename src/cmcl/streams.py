@@ -1,8 +1,11 @@
-"""Streaming readers of shard folders, for data larger than memory (open_clip's pipeline shape).
+"""Streaming readers of shard folders, for data larger than memory: webdataset pipelines.
 
-shard list -> per-epoch seeded order -> split by process (rank) and DataLoader worker ->
-bounded shuffle buffer -> decode (-> batch). Each consumer reads only its own byte ranges,
-located through index.parquet, so every byte of an epoch is read once across all processes.
+`SampleStream` is a `wds.DataPipeline`: this epoch's plan (one item per consumer) ->
+`wds.slice` by process rank -> `wds.split_by_worker` -> webdataset's tar iterators over the
+consumer's byte ranges (`tario.read_tars`; ranges located through index.parquet, so every byte
+of an epoch is read once across all processes) -> `wds.shuffle` (bounded buffer, seeded) ->
+for `FeatureStream`, `wds.batched` with a collation that decodes the `.npy` rows. Nothing is
+decoded by webdataset's decoders (they would unpickle `.pyd`/`.pickle` members).
 
 Splitting. An epoch's global order is the shards in a seeded order (`seed`, `epoch`), rotated
 by a seeded offset; rank r takes a contiguous run of that order and splits it among its
@@ -19,6 +22,12 @@ of the short rank hang):
 Workers of one rank split its run exactly (no padding). Ranks have equal runs, so with the same
 worker count and batch size they yield the same number of batches.
 
+Why the plan is ours: webdataset splits whole shards among ranks, so shards of unequal size give
+ranks unequal batch counts; the plan cuts at sample boundaries, and webdataset's splitters then
+hand each consumer its item. The rank is fixed when the stream is made (given, or
+`pytorch_worker_info` in the launching process) and applied with `wds.slice`: a spawned
+DataLoader worker sees no process group, where `wds.split_by_node` would take rank 0.
+
 Use with a DataLoader: `DataLoader(FeatureStream(d, batch_size=64, shuffle=True), batch_size=None,
 num_workers=W)`, calling `stream.set_epoch(e)` before each epoch. Under Accelerate pass
 `rank=accelerator.process_index, world_size=accelerator.num_processes` and do not `prepare()`
@@ -28,14 +37,14 @@ this DataLoader (that would split it a second time); move batches to the device 
 from __future__ import annotations
 
 import bisect
-import os
+import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+import webdataset as wds
+from webdataset.utils import pytorch_worker_info
 
 from cmcl import tario
 from cmcl.io import read_json
@@ -44,14 +53,7 @@ from cmcl.shards import _Rows, shard_urls
 EVEN = ("pad", "drop", None)
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world size) of this process: torch.distributed if running, else torchrun's env."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-class SampleStream(IterableDataset):
+class SampleStream(wds.DataPipeline):
     """Raw samples (webdataset dicts: `__key__`, `__url__`, suffix -> bytes) of a shard folder.
 
     Deterministic: the samples a consumer yields depend only on (seed, epoch, rank, world_size,
@@ -68,13 +70,15 @@ class SampleStream(IterableDataset):
         self.sizes = [read_json(self.directory / "sizes.json")[Path(u).name] for u in self.urls]
         self.spans = _spans(self.directory, self.urls, self.sizes)
         self.n = sum(self.sizes)
-        r, w = _dist()
+        r, w, _, _ = pytorch_worker_info()
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
         self.shuffle, self.seed, self.buffer_size, self.even = shuffle, seed, buffer_size, even
         self.epoch = 0
+        super().__init__(self._consumers, wds.slice(self.rank, None, self.world_size),
+                         wds.split_by_worker, self._read, self._shuffled if shuffle else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating each epoch: the shard order and buffer seeds depend on it."""
@@ -82,11 +86,11 @@ class SampleStream(IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (over all its workers)."""
-        start, stop = self._rank_run()
+        start, stop = self._rank_run(self.rank)
         return stop - start
 
-    def _rank_run(self) -> tuple[int, int]:
-        n, world, r = self.n, self.world_size, self.rank
+    def _rank_run(self, r: int) -> tuple[int, int]:
+        n, world = self.n, self.world_size
         if self.even == "pad":
             per = -(-n // world)
             return r * per, (r + 1) * per
@@ -95,9 +99,10 @@ class SampleStream(IterableDataset):
             return r * per, (r + 1) * per
         return r * n // world, (r + 1) * n // world
 
-    def plan(self, worker: int = 0, workers: int = 1) -> list[tuple[int, int, int]]:
+    def plan(self, worker: int = 0, workers: int = 1, rank: int | None = None
+             ) -> list[tuple[int, int, int]]:
         """(shard number, first, stop) sample runs that consumer (rank, worker) reads."""
-        start, stop = self._rank_run()
+        start, stop = self._rank_run(self.rank if rank is None else rank)
         length = stop - start
         a, b = start + worker * length // workers, start + (worker + 1) * length // workers
         order = np.arange(len(self.sizes))
@@ -116,45 +121,28 @@ class SampleStream(IterableDataset):
             p += take
         return runs
 
-    def _raw(self, runs: list[tuple[int, int, int]]) -> Iterator[dict]:
-        for shard, first, stop in runs:
-            url = self.urls[shard]
-            offsets, nbytes = self.spans[shard]
-            with tario.open_map(Path(url)) as buf:
-                end = offsets[stop - 1] + nbytes[stop - 1]
-                for key, parts in tario.samples(buf, url, offsets[first], end):
-                    yield {"__key__": key, "__url__": url,
-                           **{k: bytes(buf[o:o + n]) for k, (o, n) in parts.items()}}
+    def _consumers(self) -> Iterator[list[tuple[int, int, int]]]:
+        """Every consumer's plan, worker-major: item `rank + world_size * worker` is consumer
+        (rank, worker)'s, the one `wds.slice(rank, None, world_size)` then
+        `wds.split_by_worker` leave it."""
+        workers = pytorch_worker_info()[3]
+        for worker in range(workers):
+            for rank in range(self.world_size):
+                yield self.plan(worker, workers, rank)
 
-    def _consumer(self) -> tuple[int, int]:
-        info = get_worker_info()
-        return (0, 1) if info is None else (info.id, info.num_workers)
+    def _read(self, plans: Iterable[list[tuple[int, int, int]]]) -> Iterator[dict]:
+        for runs in plans:
+            yield from tario.read_tars(self._piece(*run) for run in runs)
 
-    def samples(self) -> Iterator[dict]:
-        """This consumer's raw samples for the current epoch, shuffled if asked."""
-        worker, workers = self._consumer()
-        raw = self._raw(self.plan(worker, workers))
-        if not self.shuffle:
-            return raw
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-        return _buffered(raw, self.buffer_size, rng)
+    def _piece(self, shard: int, first: int, stop: int) -> dict:
+        offsets, nbytes = self.spans[shard]
+        return {"url": self.urls[shard], "start": offsets[first],
+                "end": offsets[stop - 1] + nbytes[stop - 1], "count": stop - first}
 
-    def __iter__(self) -> Iterator[Any]:
-        return self.samples()
-
-
-def _buffered(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
-    """Bounded shuffle: hold `size` items, emit a random one as each new item arrives."""
-    buf: list = []
-    for x in items:
-        if len(buf) < size:
-            buf.append(x)
-            continue
-        j = int(rng.integers(size))
-        buf[j], x = x, buf[j]
-        yield x
-    for j in rng.permutation(len(buf)):
-        yield buf[j]
+    def _shuffled(self, samples: Iterator[dict]) -> Iterator[dict]:
+        """webdataset's bounded shuffle, seeded per (seed, epoch, rank, worker)."""
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{pytorch_worker_info()[2]}")
+        return wds.shuffle(self.buffer_size, self.buffer_size, rng=rng)(samples)
 
 
 def _spans(directory: Path, urls: list[str], sizes: list[int]) -> list[tuple[list, list]]:
@@ -178,38 +166,26 @@ def _spans(directory: Path, urls: list[str], sizes: list[int]) -> list[tuple[lis
     return out
 
 
-def batched(items: Iterable, n: int) -> Iterator[list]:
-    """Lists of n consecutive items (the last may be shorter)."""
-    batch: list = []
-    for x in items:
-        batch.append(x)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class FeatureStream(SampleStream):
     """Batches of a feature-shard folder: {"keys", "labels": int64 (b,), <modality>: float32
     (b, d)} tensors, decoded in the worker (use `DataLoader(..., batch_size=None)`)."""
 
-    def __init__(self, directory: str | Path, batch_size: int = 64, **kw: Any) -> None:
+    def __init__(self, directory: str | Path, batch_size: int = 64, **kw) -> None:
         super().__init__(directory, **kw)
         self.batch_size = batch_size
         self.modalities = read_json(self.directory / "meta.json")["modalities"]
+        self.append(wds.batched(batch_size, collation_fn=self._collate))
 
-    def __iter__(self) -> Iterator[dict]:
-        for batch in batched(self.samples(), self.batch_size):
-            out: dict[str, Any] = {"keys": [s["__key__"] for s in batch],
-                                   "labels": torch.tensor([int(s.get("cls", -1)) for s in batch])}
-            for m in self.modalities:
-                rows = _Rows(m, len(batch))
-                for i, s in enumerate(batch):
-                    where = f"{s['__url__']}:{s['__key__']}.{m}.npy"
-                    if f"{m}.npy" not in s:
-                        raise ValueError(f"{s['__url__']}: sample '{s['__key__']}' lacks "
-                                         f"'{m}.npy'")
-                    rows.add(i, s[f"{m}.npy"], 0, len(s[f"{m}.npy"]), where)
-                out[m] = torch.from_numpy(rows.out)
-            yield out
+    def _collate(self, batch: list[dict]) -> dict:
+        """Only `<modality>.npy` (no pickle) and `cls` members are decoded."""
+        out: dict = {"keys": [s["__key__"] for s in batch],
+                     "labels": torch.tensor([int(s.get("cls", -1)) for s in batch])}
+        for m in self.modalities:
+            rows = _Rows(m, len(batch))
+            for i, s in enumerate(batch):
+                payload = s.get(f"{m}.npy")
+                if payload is None:
+                    raise ValueError(f"{s['__url__']}: sample '{s['__key__']}' lacks '{m}.npy'")
+                rows.add(i, payload, 0, len(payload), f"{s['__url__']}:{s['__key__']}.{m}.npy")
+            out[m] = torch.from_numpy(rows.out)
+        return out
