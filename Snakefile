@@ -5,6 +5,10 @@
 import sys
 from pathlib import Path
 
+from snakemake.utils import min_version
+
+min_version("9.0")  # the API used below (workflow.config_settings, executor plugins); 9.27 pinned
+
 from cmcl.config import ParamsError, check, compose_noting, read_params, sources
 from cmcl.preflight import python_on_path_problem, run_lock_problem
 
@@ -18,6 +22,7 @@ except ParamsError as e:
     sys.exit(str(e))
 
 configfile: "params.yaml"
+report: "pipeline/report/workflow.rst"  # the front page of `snakemake --report report.html`
 
 try:  # a bad value stops here with key-named lines, not a traceback
     if workflow.overwrite_configfiles:
@@ -41,6 +46,10 @@ include: "pipeline/rules/report.smk"
 include: "pipeline/rules/sweep.smk"
 include: "pipeline/rules/tune.smk"
 include: "pipeline/rules/resources.smk"
+
+# On a cluster these run in the submitting snakemake, not as jobs: targets, and a few seconds of
+# JSON each (a cluster job's queueing and two Snakemake start-ups would cost more than the work).
+localrules: all, check, resources, sweep, tune, tune_export
 
 
 rule all:

@@ -32,8 +32,9 @@ import slurm_cluster  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 TIMEOUT = 900  # seconds for one snakemake run; killed with SIGKILL after that
-RULES = {"corpus", "shard", "embed", "init", "train", "evaluate", "resources", "report",
-         "check", "sweep_worker", "sweep_best"}
+# not resources and check: `localrules` (Snakefile), run by the submitting snakemake
+RULES = {"corpus", "shard", "embed", "init", "train", "evaluate", "report", "sweep_worker",
+         "sweep_best"}
 N_TRIALS = 4
 
 
@@ -166,6 +167,8 @@ def test_jobs_ran_through_slurm(cluster, runs):
     assert {j["State"] for j in jobs} == {"COMPLETED"}, jobs
     rules = {j["Comment"].split("_wildcards")[0].removeprefix("rule_") for j in jobs}
     assert rules == RULES, rules
+    for name in ("reports/resources.json", "reports/check.json"):  # made by the local rules
+        assert (runs["slurm"] / name).is_file(), name
     logs = list((runs["slurm"] / ".snakemake/slurm_logs").rglob("*.log"))
     assert len(logs) == len(jobs)  # one plugin log per job (kept with --slurm-keep-...)
     assert not cluster.sacct(workdir=runs["local"])  # the local run stayed local

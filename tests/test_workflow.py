@@ -183,3 +183,22 @@ def test_html_report_compare_and_check(project):
     check = json.loads((project / "reports/check.json").read_text())
     # tiny params differ from the defaults the expected file was recorded with
     assert check["ok"] and all(r["status"].startswith("not checked") for r in check["rows"])
+
+
+def test_checkpoint_every_reaches_the_job_and_reruns_nothing(project, tmp_path):
+    """How often a step checkpoints cannot change its result: on a finished pipeline a new
+    train.checkpoint_every (or a method's override of it) plans no job, and a train job that
+    does run is handed the value its method trains with."""
+    changed = tmp_path / "checkpoints.yaml"
+    changed.write_text(yaml.safe_dump({"train": {"checkpoint_every": 7},
+                                       "overrides": {"dns": {"train": {"checkpoint_every": 5}}}}))
+    p = run([f"{BIN}/snakemake", "-n", "--configfile", str(changed)], project)
+    assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-3000:]
+    steps = {m: f"results/runs/main/{m}/seed1/step2" for m in ("finetune", "dns")}
+    p = run([f"{BIN}/snakemake", *steps.values(), "-n", "-p", "--configfile", str(changed),
+             "--forcerun", *steps.values()], project)
+    commands = [line for line in p.stdout.splitlines() if "cmcl train" in line]
+    assert len(commands) == 2
+    for method, every in (("finetune", 7), ("dns", 5)):
+        assert any(f"--method {method} " in c and f"--checkpoint-every {every} " in c
+                   for c in commands), commands

@@ -136,3 +136,63 @@ def get_report_cfg(wildcards):
 def all_evals():
     """One folder per run, holding step<t>.parquet for each of its steps."""
     return [f"results/eval/{q}/{m}/seed{s}" for q in SEQUENCES for m in METHODS for s in SEEDS]
+
+
+# Named functions for the sweep, tuning, training and report rules (no lambdas in rules).
+
+
+def get_train_features(wildcards):
+    return features(wildcards.sequence, "train")
+
+
+def get_test_features(wildcards):
+    return features(wildcards.sequence, "test")
+
+
+def get_checkpoint_every(wildcards, resources):
+    """train.checkpoint_every as this run trains with it (its variant and overrides included).
+
+    How often a step saves a preemption checkpoint cannot change its result, so a change must
+    rerun nothing: Snakemake's params trigger records only params that are not derived, and a
+    params function that takes the job's `resources` (or threads, input, output) is derived.
+    Not a resource either: no scheduler reads it."""
+    return cmcl_config.method_params(config, wildcards.method)["train"]["checkpoint_every"]
+
+
+def get_out_dir(wildcards, output):
+    """The folder all of the rule's outputs lie in, for commands that take `--out-dir` (the
+    path comes from the rule's outputs, not the shell; derived from them, so no param trigger)."""
+    from os.path import commonpath, dirname
+
+    return commonpath([dirname(o) for o in output])
+
+
+def get_sweep_workers(wildcards):
+    return expand("results/sweep/{study}/worker{worker}.json", study=wildcards.study,
+                  worker=range(config["sweep"]["n_workers"]))
+
+
+def get_sweep_journal(wildcards):
+    """The study's Optuna journal: every worker appends to it, so it is no job's output."""
+    return f"results/sweep/{wildcards.study}/journal.log"
+
+
+def get_tune_workers(wildcards):
+    return expand("results/tune/{sequence}/{method}/worker{worker}.json",
+                  sequence=wildcards.sequence, method=wildcards.method,
+                  worker=range(config["tune"]["n_workers"]))
+
+
+def get_tune_journal(wildcards):
+    """One (sequence, method) study's Optuna journal, shared by its workers."""
+    return f"results/tune/{wildcards.sequence}/{wildcards.method}/journal.log"
+
+
+def get_tune_methods(wildcards):
+    """The methods tuned on this sequence (TUNE_MATRIX, pipeline/rules/tune.smk)."""
+    return [m for s, m in TUNE_MATRIX if s == wildcards.sequence]
+
+
+def get_tune_summaries(wildcards):
+    return [f"reports/tune/{wildcards.sequence}/{m}/summary.json"
+            for m in get_tune_methods(wildcards)]

@@ -31,6 +31,7 @@ rule report:
         csv=["reports/plots/scores_over_steps.csv", "reports/plots/stability_plasticity.csv"],
     params:
         cfg=get_report_cfg,
+        out_dir=get_out_dir,
     conda:
         "../envs/cmcl.yaml"
     log:
@@ -39,7 +40,7 @@ rule report:
         "python -m cmcl report --cfg {params.cfg:q} --evals {input.evals} "
         "--features {input.features} --resources {input.resources} "
         + ("--tuned {input.tuned} " if config["tuned"] else "")
-        + "--out-dir reports "
+        + "--out-dir {params.out_dir} "
         "> {log} 2>&1"
 
 

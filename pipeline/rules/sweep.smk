@@ -12,7 +12,7 @@ rule sweep_worker:
         "results/sweep/{study}/worker{worker}.json",
     params:
         cfg=lambda wildcards: as_json(config),
-        journal=lambda wildcards: f"results/sweep/{wildcards.study}/journal.log",
+        journal=get_sweep_journal,
     conda:
         "../envs/cmcl.yaml"
     log:
@@ -31,11 +31,7 @@ rule sweep_worker:
 rule sweep_best:
     """best.yaml (a params override), figures, and the test scores of the best params."""
     input:
-        workers=lambda wildcards: expand(
-            "results/sweep/{study}/worker{worker}.json",
-            study=wildcards.study,
-            worker=range(config["sweep"]["n_workers"]),
-        ),
+        workers=get_sweep_workers,
         train=features(SWEEP_SEQ, "train"),
         test=features(SWEEP_SEQ, "test"),
     output:
@@ -46,14 +42,15 @@ rule sweep_best:
         slice=report("reports/sweep/{study}/slice.png", category="Sweep"),
     params:
         cfg=lambda wildcards: as_json(config),
-        journal=lambda wildcards: f"results/sweep/{wildcards.study}/journal.log",
+        journal=get_sweep_journal,
+        out_dir=get_out_dir,
     conda:
         "../envs/cmcl.yaml"
     log:
         "logs/sweep/{study}_best.log",
     shell:
         "python -m cmcl sweep-best --cfg {params.cfg:q} --journal {params.journal} "
-        "--out-dir reports/sweep/{wildcards.study} > {log} 2>&1"
+        "--out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule sweep:

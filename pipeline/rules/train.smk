@@ -23,6 +23,8 @@ rule train:
         directory("results/runs/{sequence}/{method}/seed{seed}/step{step}"),
     params:
         cfg=get_train_cfg,
+        # no rerun trigger: a params function of the job's resources is derived (common.smk)
+        checkpoint_every=get_checkpoint_every,
     conda:
         "../envs/cmcl.yaml"
     log:
@@ -35,10 +37,8 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=60,
-        # not a param: turning preemption checkpoints on must not rerun finished steps
-        checkpoint_every=config["train"]["checkpoint_every"],
     shell:
         "OMP_NUM_THREADS={threads} python -m cmcl train --cfg {params.cfg:q} "
         "--method {wildcards.method} --seed {wildcards.seed} --step {wildcards.step} "
-        "--checkpoint-every {resources.checkpoint_every} "
+        "--checkpoint-every {params.checkpoint_every} "
         "--features {input.features} --prev {input.prev} --out {output} > {log} 2>&1"

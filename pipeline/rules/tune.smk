@@ -12,12 +12,12 @@ get_tune_cfg = lambda w: as_json(cmcl_tuning.tune_cfg(config, w.sequence, w.meth
 rule tune_worker:
     """Run trials of one (sequence, method) study until it holds tune.n_trials."""
     input:
-        lambda wildcards: features(wildcards.sequence, "train"),
+        get_train_features,
     output:
         "results/tune/{sequence}/{method}/worker{worker}.json",
     params:
         cfg=get_tune_cfg,
-        journal=lambda wildcards: f"results/tune/{wildcards.sequence}/{wildcards.method}/journal.log",
+        journal=get_tune_journal,
     conda:
         "../envs/cmcl.yaml"
     log:
@@ -36,14 +36,9 @@ rule tune_worker:
 rule tune_best:
     """The study's best values, its figures, and test scores of best and default values."""
     input:
-        workers=lambda wildcards: expand(
-            "results/tune/{sequence}/{method}/worker{worker}.json",
-            sequence=wildcards.sequence,
-            method=wildcards.method,
-            worker=range(config["tune"]["n_workers"]),
-        ),
-        train=lambda wildcards: features(wildcards.sequence, "train"),
-        test=lambda wildcards: features(wildcards.sequence, "test"),
+        workers=get_tune_workers,
+        train=get_train_features,
+        test=get_test_features,
     output:
         summary="reports/tune/{sequence}/{method}/summary.json",
         best="reports/tune/{sequence}/{method}/best.yaml",
@@ -52,26 +47,26 @@ rule tune_best:
         slice="reports/tune/{sequence}/{method}/slice.png",
     params:
         cfg=get_tune_cfg,
-        journal=lambda wildcards: f"results/tune/{wildcards.sequence}/{wildcards.method}/journal.log",
+        journal=get_tune_journal,
+        out_dir=get_out_dir,
     conda:
         "../envs/cmcl.yaml"
     log:
         "logs/tune/{sequence}/{method}_best.log",
     shell:
         "python -m cmcl sweep-best --cfg {params.cfg:q} --journal {params.journal} "
-        "--out-dir reports/tune/{wildcards.sequence}/{wildcards.method} > {log} 2>&1"
+        "--out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule tune_export:
     """One params override per sequence with the record of every study."""
     input:
-        lambda wildcards: [f"reports/tune/{wildcards.sequence}/{m}/summary.json"
-                           for s, m in TUNE_MATRIX if s == wildcards.sequence],
+        get_tune_summaries,
     output:
         "reports/tune/{sequence}/tuned.yaml",
     params:
         cfg=lambda wildcards: as_json({k: config[k] for k in ("tune", "train", "budget")}),
-        methods=lambda wildcards: [m for s, m in TUNE_MATRIX if s == wildcards.sequence],
+        methods=get_tune_methods,
     conda:
         "../envs/cmcl.yaml"
     log:
