@@ -6,14 +6,19 @@ Two synthetic cases (incompressible payloads), 1,000 samples per tar (params.yam
 - media: 200 samples of a 512 KiB `image.jpg`, a caption (`text.txt`) and a label: few large
   members, what the shard stage writes and embed streams.
 Backends, each writing and reading the same records:
-- cmcl: `cmcl.shards.write_shards` (tars + sizes.json + index.parquet), `iter_samples` (raw
-  samples of a folder), `read_features` (the features case decoded into arrays, sha256 checked);
+- cmcl: `cmcl.shards.write_shards` (tars + sizes.json + index.parquet: the hand-written
+  `cmcl.tario` writer), `iter_samples` (raw samples of a folder: webdataset's tar iterators
+  plus cmcl's checks), `read_features` (the features case decoded into arrays, sha256 checked:
+  the hand-written mmap reader);
 - webdataset: `TarWriter(mtime=0)`, `WebDataset(urls, shardshuffle=False)` (+ `.decode()` of
   the npy and a stack, for the decoded read);
 - tarfile: `TarInfo` + `addfile` (PAX), and iterating members grouped into samples by key.
-Anchors measured in the same run: `tar -cf` of the media payloads as files (sharding's target,
-bench_io: >= 0.5x), and a bare batch-64 training step at d = 512 (two linear heads, InfoNCE,
-AdamW): a reader faster than that step never makes training input-bound (bench_io's target).
+And the shard stage itself: bench_io's sharding case (`shard_task` on 2,000 files of
+image/audio/caption sizes) with cmcl's tar writer, then with webdataset's `TarWriter(mtime=0)`
+put in its place, MB/s of payload.
+Anchors measured in the same run: `tar -cf` of the same files (sharding's target, bench_io:
+>= 0.5x), and a bare batch-64 training step at d = 512 (two linear heads, InfoNCE, AdamW): a
+reader faster than that step never makes training input-bound (bench_io's target).
 
     python benchmarks/bench_tar.py --clock cpu --threads 1 --out benchmarks/results/tar.json
 """
@@ -21,22 +26,24 @@ AdamW): a reader faster than that step never makes training input-bound (bench_i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
-from bench_io import clocks, since, train_step_fn
+from bench_io import clocks, make_files, since, time_shard, time_tar, train_step_fn, write_manifest
 from benchlib import add_common_args, figure, median, save_result, setup
 
+from cmcl import tario
 from cmcl.shards import iter_samples, npy_bytes, read_features, write_shards
 
 PER_SHARD = 1000
@@ -163,18 +170,6 @@ def run_case(tmp: Path, case: str, recs: list[dict], repeats: int, which: int) -
     if case == "features":
         for b, dec in DECODERS.items():
             jobs[f"decoded_{b}"] = lambda dec=dec: dec(src)
-    else:
-        files = tmp / f"{case}_files"
-        files.mkdir()
-        listing = []
-        for r in recs:
-            for name, data in members(r):
-                (files / name).write_bytes(data)
-                listing.append(name)
-        (tmp / "listing").write_text("\n".join(listing) + "\n")
-        jobs["write_tar_cf"] = lambda: subprocess.run(
-            ["tar", "-cf", str(tmp / "anchor.tar"), "-C", str(files), "-T",
-             str(tmp / "listing")], check=True)
     times: dict[str, list] = {k: [] for k in jobs}
     for r in range(repeats + 1):  # round 0 warms the page cache and the imports
         for k in list(jobs) if r % 2 else list(jobs)[::-1]:
@@ -187,6 +182,60 @@ def run_case(tmp: Path, case: str, recs: list[dict], repeats: int, which: int) -
     return {"samples": n, "payload_mb": payload / 1e6, "tar_mb": tar_mb,
             "samples_per_s": sps, "mb_per_s": {k: v * payload / n / 1e6 for k, v in sps.items()},
             "seconds_wall_cpu": times}
+
+
+class _TarWriterOut:
+    """webdataset's TarWriter in the place of `tario.TarOut` (what shard_task would cost on it)."""
+
+    def __init__(self, path: Path) -> None:
+        import webdataset as wds
+
+        self.f = open(path, "wb")  # noqa: SIM115  (closed by close())
+        self.w = wds.TarWriter(self.f, mtime=0, encoder=False)
+
+    @property
+    def size(self) -> int:
+        return self.w.tarstream.offset
+
+    def add(self, members: list[tuple[str, bytes]]) -> tuple[int, int]:
+        start = self.size
+        key = members[0][0].split(".", 1)[0]
+        self.w.write({"__key__": key, **{n.split(".", 1)[1]: b for n, b in members}})
+        return start, self.size - start - tario.pad(len(members[-1][1]))
+
+    def close(self) -> None:
+        self.w.close()
+        self.f.close()
+
+
+def sharding(tmp: Path, n_files: int, repeats: int, which: int) -> dict:
+    """shard_task MB/s with cmcl's writer and with webdataset's, and `tar -cf` of the files."""
+    root = tmp / "files"
+    files = make_files(root, n_files)
+    write_manifest(root, files)
+    total = sum(p.stat().st_size for _, p in files)
+    rel = [str(p.relative_to(root)) for _, p in files]
+    # members go to TarOut.add as they are (record size, used only for max_shard_bytes, unset)
+    wds_writer = [mock.patch.object(tario, "TarOut", _TarWriterOut),
+                  mock.patch.object(tario, "record_bytes", lambda members: members)]
+    rows: dict[str, list] = {k: [] for k in BACKENDS[:2] + ("tar_cf",)}
+    for r in range(repeats + 1):
+        for k in list(rows) if r % 2 else list(rows)[::-1]:
+            out = tmp / f"shard_{k}_{r}"
+            if k == "tar_cf":
+                wc = time_tar(root, rel, out)
+                out.unlink()
+            else:
+                with contextlib.ExitStack() as stack:
+                    for patch in wds_writer if k == "webdataset" else []:
+                        stack.enter_context(patch)
+                    wc = time_shard(root, out, 1)
+                shutil.rmtree(out)
+            if r:
+                rows[k].append(wc)
+    mbps = {k: total / 1e6 / median(t[which] for t in v) for k, v in rows.items()}
+    return {"files": len(files), "payload_mb": total / 1e6, "mb_per_s": mbps,
+            "seconds_wall_cpu": rows}
 
 
 def train_anchor(d: int, device: torch.device, steps: int, repeats: int, which: int) -> float:
@@ -210,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--media", type=int, default=None, help="samples, default 200")
     ap.add_argument("--media-kib", type=int, default=512)
+    ap.add_argument("--files", type=int, default=None, help="sharding case, default 2000")
     ap.add_argument("--repeats", type=int, default=None, help="default 3 (quick 1)")
     args = ap.parse_args(argv)
     device, env = setup(ap, args)
@@ -217,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_feat = args.features or (2000 if args.quick else 20_000)
     n_media = args.media or (20 if args.quick else 200)
     repeats = args.repeats or (1 if args.quick else 3)
+    n_files = args.files or (200 if args.quick else 2000)
     t0 = time.perf_counter()
     print(f"{env['device_name']}, clock {args.clock}", flush=True)
     cases = {}
@@ -227,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{case}: " + ", ".join(f"{k} {v:,.0f}/s"
                                           for k, v in cases[case]["samples_per_s"].items()),
                   flush=True)
+        shard = sharding(Path(tmp) / "sharding", n_files, repeats, which)
+        print("sharding: " + ", ".join(f"{k} {v:,.0f} MB/s" for k, v in shard["mb_per_s"].items()),
+              flush=True)
     train = train_anchor(args.dim, device, 20 if args.quick else 60, repeats, which)
     print(f"bare training step, d={args.dim}, batch 64: {train:,.0f} samples/s", flush=True)
     figures = {}
@@ -239,22 +293,25 @@ def main(argv: list[str] | None = None) -> dict:
                 figures[f"tar_{case}_{op}_webdataset_vs_cmcl"] = figure(
                     s[f"{op}_webdataset"] / s[f"{op}_cmcl"], "x", env, None,
                     f"webdataset samples/s / cmcl samples/s, {case}, {op}")
-    f, m = cases["features"]["samples_per_s"], cases["media"]["mb_per_s"]
+    f = cases["features"]["samples_per_s"]
     figures["tar_features_decoded_webdataset_vs_train_step"] = figure(
         f["decoded_webdataset"] / train, "x", env, (">=", 1.0),
         f"webdataset decoded feature read / bare training samples/s at d={args.dim}, batch 64")
     figures["tar_features_decoded_cmcl_vs_train_step"] = figure(
         f["decoded_cmcl"] / train, "x", env, (">=", 1.0),
         f"read_features samples/s / bare training samples/s at d={args.dim}, batch 64")
-    for b in BACKENDS:
-        figures[f"tar_media_write_{b}_vs_tar_cf"] = figure(
-            m[f"write_{b}"] / m["write_tar_cf"], "x", env, (">=", 0.5) if b != "tarfile" else None,
-            f"{b} MB/s / tar -cf MB/s, media case")
+    sm = shard["mb_per_s"]
+    for b in BACKENDS[:2]:
+        figures[f"tar_sharding_{b}_mb_per_s"] = figure(sm[b], "MB/s", env)
+        figures[f"tar_sharding_{b}_vs_tar_cf"] = figure(
+            sm[b] / sm["tar_cf"], "x", env, (">=", 0.5),
+            f"shard_task MB/s with the {b} tar writer / tar -cf MB/s, {n_files} files")
     env["loadavg_end"] = os.getloadavg()
     out = {"benchmark": "tar", "env": env, "figures": figures, "cases": cases,
-           "train_step_samples_per_s": train,
+           "sharding": shard, "train_step_samples_per_s": train,
            "config": {"features": n_feat, "dim": args.dim, "media": n_media,
-                      "media_kib": args.media_kib, "per_shard": PER_SHARD, "repeats": repeats}}
+                      "media_kib": args.media_kib, "files": n_files, "per_shard": PER_SHARD,
+                      "repeats": repeats}}
     return save_result(out, args.out, t0)
 
 

@@ -4,17 +4,18 @@ Streaming reads (`read_tars`: `cmcl.streams`, `cmcl.shards.iter_samples`, the em
 through webdataset's tar iterators, with the checks they lack (sample counts against
 sizes.json/index.parquet: tarfile's stream mode ends silently at a cut or corrupt header; unsafe
 and duplicated keys; errors naming the tar). Two paths stay hand-written because webdataset
-misses a target there (benchmarks/bench_tar.py, results/tar.json: AMD EPYC, one thread, process
-CPU time, 2026-12-01; the shard_task figure is bench_io's part (a) with TarWriter swapped in):
-- writing (`TarOut`, `record_bytes`): shard_task wrote 2,000 files at 500 MB/s with this
-  writer and 270 MB/s with webdataset's `TarWriter(mtime=0)`, 0.43x vs 0.23x of `tar -cf`
-  (target >= 0.5x); alone, 87,800 vs 22,100 feature samples/s and 5,880 vs 1,920 media
-  samples/s (512 KiB). A member is one header (exactly what `TarWriter(mtime=0)` writes: PAX
-  format, mode 0444, owner "bigdata"; tested byte for byte) plus its payload.
-- whole-tar feature reads (`samples` over an mmap, `read_features` in train and evaluate):
-  100,100 decoded 512-d samples/s vs 12,900 through `WebDataset(...).decode()`, which is
-  below a bare batch-64 training step at d = 512 (22,300 samples/s; target >= 1x). It walks
-  the 512-byte headers, checking each checksum, and slices payloads out of the map.
+misses a target there (benchmarks/bench_tar.py -> results/tar.json: AMD EPYC, one thread,
+process CPU time, load 3-4, 2026-12-01):
+- writing (`TarOut`, `record_bytes`): the shard stage (`shard_task`, 2,000 files, 76 MB) ran
+  at 487 MB/s with this writer and 262 MB/s with webdataset's `TarWriter(mtime=0)` in its
+  place, 0.41x vs 0.22x of `tar -cf` (target >= 0.5x); the writers alone: 81,200 vs 21,200
+  samples/s (512-d features), 5,570 vs 1,900 samples/s (512 KiB media). A member is one header
+  (what `TarWriter(mtime=0)` writes, byte for byte, tested: PAX format, mode 0444, owner
+  "bigdata") plus its payload.
+- whole-tar feature reads (`samples` over an mmap; `read_features`, in train and evaluate):
+  99,600 decoded 512-d samples/s vs 12,900 through `WebDataset(...).decode()`, which is 0.65x
+  of a bare batch-64 training step at d = 512 (19,800 samples/s; target >= 1x). It walks the
+  512-byte headers, checking each checksum, and slices payloads out of the map.
 """
 
 from __future__ import annotations
