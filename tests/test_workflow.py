@@ -153,6 +153,17 @@ def test_dvc_repro_is_idempotent_and_reruns_only_late_jobs(project):
     assert "small-gallery" in text and "map_final_avg" in text
     assert {m: m.stat().st_mtime_ns for m in models} == stamps  # no retraining either
 
+    # metrics.json and the plot CSVs are committed (cache: false, not git-ignored), so the
+    # experiment's numbers compare against the commit's, not against nothing
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert any(v["old"] is not None and v["new"] is not None
+               for v in diff["reports/metrics.json"].values()), diff
+    plots = json.loads(run(["dvc", "plots", "diff", "--json"], project).stdout)["data"]
+    for entry in yaml.safe_load((project / "dvc.yaml").read_text())["plots"]:
+        (path,) = entry  # {file: x/y settings}
+        (plot,) = plots[path]
+        assert {row["rev"] for row in plot["content"]["data"]["values"]} == {"HEAD", "workspace"}
+
 
 def test_bad_params_fail_before_any_job(project, tmp_path):
     for key, value, expect in (
@@ -202,3 +213,10 @@ def test_checkpoint_every_reaches_the_job_and_reruns_nothing(project, tmp_path):
     for method, every in (("finetune", 7), ("dns", 5)):
         assert any(f"--method {method} " in c and f"--checkpoint-every {every} " in c
                    for c in commands), commands
+
+
+def test_dvc_plots_name_columns_the_report_writes(project):
+    for entry in yaml.safe_load((project / "dvc.yaml").read_text())["plots"]:
+        ((path, spec),) = entry.items()
+        columns = set(pd.read_csv(project / path, nrows=1).columns)
+        assert {spec["x"], spec["y"]} <= columns, (path, spec, columns)
