@@ -101,7 +101,7 @@ def test_json_and_tensor_round_trip_and_errors(tmp_path):
 
 
 def test_overrides_and_sequences_reach_the_step_config():
-    from cmcl.config import method_params, step_task
+    from cmcl.stages import method_params, step_task
 
     p = params()
     rev = list(reversed(p["sequences"]["digits"]))

@@ -192,9 +192,9 @@ def test_budget_sets_every_storing_method_and_refuses_another_size(setup):
 
 @pytest.mark.parametrize("method", ["er", "gem", "comm", "ewc"])
 def test_resources_column_equals_what_the_method_stores(setup, tmp_path, method):
-    from cmcl.config import strategy_cfg, train_cfg
     from cmcl.io import load_tensors, read_json
     from cmcl.resources import measure
+    from cmcl.stages import strategy_cfg, train_cfg
     from cmcl.train import init_step, train_step
 
     d, raw = setup

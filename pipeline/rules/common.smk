@@ -1,14 +1,13 @@
 # Input functions and the experiment matrix; rules stay thin and declarative.
-import json
 from pathlib import Path
 
-import cmcl.config as cmcl_config
+from cmcl import stages
 from cmcl.catalog import methods as method_catalog
 
 SEQUENCES = config["sequences"]  # name -> task list
 METHODS = config["train"]["methods"]
 SEEDS = config["train"]["seeds"]
-JOINT = {m for m in METHODS if method_catalog()[cmcl_config.base_method(config, m)].joint}
+JOINT = {m for m in METHODS if method_catalog()[stages.base_method(config, m)].joint}
 BUILTIN_CORPORA = [n for n, c in config["corpora"].items() if c.get("builtin")]
 # tasks whose corpus holds pre-extracted features: imported, never sharded or embedded
 IMPORTED = [t for t, s in config["tasks"].items()
@@ -27,34 +26,24 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def as_json(obj):
-    """Compact, key-sorted JSON: the rule's params, so a change reruns exactly that rule."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
 def task_spec(name):
-    return cmcl_config.task_spec(config, name)
+    return stages.task_spec(config, name)
 
 
 def get_corpus_dir(wildcards):
     return config["corpora"][config["tasks"][wildcards.task]["corpus"]]["path"]
 
 
+def get_corpus_cfg(wildcards):
+    return stages.corpus(config, wildcards.corpus).params()
+
+
 def get_shard_cfg(wildcards):
-    t = config["tasks"][wildcards.task]
-    shard = {k: v for k, v in config["shard"].items() if k != "workers"}  # same bytes anyway
-    return as_json({"task": task_spec(wildcards.task), "corpus": config["corpora"][t["corpus"]],
-                    "shard": shard})
+    return stages.shard(config, wildcards.task).params()
 
 
 def get_embed_cfg(wildcards):
-    """The task's encoders and embed settings, without what cannot change the bytes
-    (`processes`) or sits at its new default (`storage_dtype: null`): neither reruns a job."""
-    mods = config["tasks"][wildcards.task]["modalities"]
-    enc = {m: e for m, e in config["embed"]["encoders"].items() if m in mods or m == "text"}
-    embed = {k: v for k, v in config["embed"].items() if k != "processes"
-             and not (k == "storage_dtype" and v is None)}
-    return as_json({"embed": {**embed, "encoders": enc}})
+    return stages.embed(config, wildcards.task).params()
 
 
 def features(sequence, split):
@@ -88,22 +77,12 @@ def get_train_inputs(wildcards):
 
 
 def get_train_cfg(wildcards):
-    """Only this method's options and overrides: tuning one method never reruns another's."""
-    cfg = cmcl_config.train_cfg(config, wildcards.sequence, wildcards.method,
-                                int(wildcards.step))
-    # how often a step checkpoints cannot change its result: passed outside the params trigger
-    train = cmcl_config.identity_train(cfg["train"])
-    cfg["train"] = {k: v for k, v in train.items() if k != "checkpoint_every"}
-    if cfg["method"] == wildcards.method:  # the params of runs that are not variants, as before
-        del cfg["method"]
-    return as_json(cfg)
+    return stages.train(config, wildcards.sequence, wildcards.method,
+                        int(wildcards.step)).params()
 
 
 def get_model_cfg(wildcards):
-    cfg = {"model": config["model"]}
-    if cmcl_config.base_method(config, wildcards.method) != wildcards.method:
-        cfg |= cmcl_config.strategy_cfg(config, wildcards.method)  # a variant: its method
-    return as_json(cfg)
+    return stages.init(config, wildcards.method).params()
 
 
 def get_eval_features(wildcards):
@@ -117,20 +96,27 @@ def get_eval_models(wildcards):
 
 
 def get_eval_cfg(wildcards):
-    return as_json({"loss": config["loss"], "eval": config["eval"],
-                    "sequence": wildcards.sequence,
-                    "tasks": [task_spec(t) for t in SEQUENCES[wildcards.sequence]]})
+    return stages.evaluate(config, wildcards.sequence).params()
 
 
 def get_report_cfg(wildcards):
-    cfg = {"report": config["report"],
-           "sequences": {s: [task_spec(t) for t in names] for s, names in SEQUENCES.items()}}
-    variants = {v: {"method": spec["method"], "description": spec.get("description", ""),
-                    "set": {**spec.get("given", {}), **spec["train"]}}
-                for v, spec in config["variants"].items() if v in METHODS}
-    if variants:  # only then: a matrix without variants keeps its report params
-        cfg["variants"] = variants
-    return as_json(cfg)
+    return stages.report(config).params()
+
+
+def get_check_cfg(wildcards):
+    return stages.check(config).params()
+
+
+def get_sweep_cfg(wildcards):
+    return stages.sweep(config).params()
+
+
+def get_tune_cfg(wildcards):
+    return stages.tune(config, wildcards.sequence, wildcards.method).params()
+
+
+def get_tune_export_cfg(wildcards):
+    return stages.tune_export(config).params()
 
 
 def all_evals():
@@ -156,7 +142,7 @@ def get_checkpoint_every(wildcards, resources):
     rerun nothing: Snakemake's params trigger records only params that are not derived, and a
     params function that takes the job's `resources` (or threads, input, output) is derived.
     Not a resource either: no scheduler reads it."""
-    return cmcl_config.method_params(config, wildcards.method)["train"]["checkpoint_every"]
+    return stages.method_params(config, wildcards.method)["train"]["checkpoint_every"]
 
 
 def get_out_dir(wildcards, output):

@@ -52,7 +52,7 @@ rule check:
     output:
         "reports/check.json",
     params:
-        cfg=lambda wildcards: as_json(config),
+        cfg=get_check_cfg,
     conda:
         "../envs/cmcl.yaml"
     log:

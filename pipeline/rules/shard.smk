@@ -3,7 +3,7 @@ rule corpus:
     output:
         directory("data/raw/{corpus}"),
     params:
-        cfg=lambda wildcards: as_json(config["corpora"][wildcards.corpus]),
+        cfg=get_corpus_cfg,
     conda:
         "../envs/cmcl.yaml"
     log:

@@ -11,7 +11,7 @@ rule sweep_worker:
     output:
         "results/sweep/{study}/worker{worker}.json",
     params:
-        cfg=lambda wildcards: as_json(config),
+        cfg=get_sweep_cfg,
         journal=get_sweep_journal,
     conda:
         "../envs/cmcl.yaml"
@@ -41,7 +41,7 @@ rule sweep_best:
         importances=report("reports/sweep/{study}/importances.png", category="Sweep"),
         slice=report("reports/sweep/{study}/slice.png", category="Sweep"),
     params:
-        cfg=lambda wildcards: as_json(config),
+        cfg=get_sweep_cfg,
         journal=get_sweep_journal,
         out_dir=get_out_dir,
     conda:

@@ -5,8 +5,6 @@
 import cmcl.tuning as cmcl_tuning
 
 TUNE_MATRIX = cmcl_tuning.tune_matrix(config)
-# only this study's inputs as params: tuning one method never reruns another's workers
-get_tune_cfg = lambda w: as_json(cmcl_tuning.tune_cfg(config, w.sequence, w.method))
 
 
 rule tune_worker:
@@ -65,7 +63,7 @@ rule tune_export:
     output:
         "reports/tune/{sequence}/tuned.yaml",
     params:
-        cfg=lambda wildcards: as_json({k: config[k] for k in ("tune", "train", "budget")}),
+        cfg=get_tune_export_cfg,
         methods=get_tune_methods,
     conda:
         "../envs/cmcl.yaml"

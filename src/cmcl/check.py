@@ -8,52 +8,39 @@ change is reported as "not checked" instead of failing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
+from cmcl import stages
 from cmcl.io import atomic_path, write_json
-
-RESULT_SECTIONS = ("corpora", "shard", "embed", "model", "loss", "eval")
-# keys that cannot change a method's numbers: how data is cut into tars and by how many
-# processes, the matrix itself, how often a step checkpoints
-NOT_RESULTS = {"shard": ("workers", "max_shard_mb", "samples_per_shard"),
-               "embed": ("max_shard_mb",), "train": ("methods", "checkpoint_every")}
-CHECKED = ("map_final_avg", "map_bwt", "r10_final_avg", "zs_acc_final_avg")
 
 
 def fingerprint(params: Mapping, sequence: str, method: str) -> str:
     """Hash of everything that determines `method`'s numbers on `sequence` (not the other
-    methods' options, not the other sequences)."""
-    from cmcl.config import base_method, identity_train, method_params, run_options, task_spec
+    methods' options, not the other sequences): cmcl.stages.run_key."""
+    return stages.run_key(params, sequence, method)
 
-    def kept(section: str, values: Mapping | None) -> Mapping | None:
-        skip = NOT_RESULTS.get(section, ())
-        return values if values is None else {k: v for k, v in values.items() if k not in skip}
 
-    train = kept("train", identity_train(method_params(params, method)["train"]))
-    tasks = [task_spec(params, t) for t in params["sequences"][sequence]]
-    blob = {**{k: kept(k, params.get(k)) for k in RESULT_SECTIONS}, "tasks": tasks,
-            "train": train, "options": run_options(params, method), "method": method}
-    if base_method(params, method) != method:  # a variant: which method it runs counts too
-        blob["base"] = base_method(params, method)
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+def guard(cfg: Mapping) -> dict:
+    """The check stage's values (fingerprints and compared metrics), from them or from params."""
+    return dict(cfg) if "fingerprints" in cfg else stages.check(cfg).values
 
 
 def expect(metrics: Mapping, params: Mapping, out: str | Path, min_tol: float = 1.0,
            n_std: float = 4.0) -> dict:
     """Record the current metrics as expected: tolerance = max(min_tol, n_std * seed std)."""
     entry: dict = {}
+    g = guard(params)
     for seq, per_method in metrics.items():
         for method, m in per_method.items():
             vals = {k: {"value": m[k],
                         "tol": round(max(min_tol, n_std * (m.get(f"{k}_std") or 0)), 2)}
-                    for k in CHECKED if m.get(k) is not None}
+                    for k in g["metrics"] if m.get(k) is not None}
             entry.setdefault(seq, {})[method] = {
-                "fingerprint": fingerprint(params, seq, method), "n_seeds": m.get("n_seeds"),
+                "fingerprint": g["fingerprints"][seq][method], "n_seeds": m.get("n_seeds"),
                 "metrics": vals}
     with atomic_path(out) as tmp:
         tmp.write_text("# Expected results (percent) per sequence and method; regenerate "
@@ -66,6 +53,7 @@ def check(metrics: Mapping, params: Mapping, expected: Mapping) -> tuple[bool, l
     """Rows (sequence, method, metric, value, expected, tol, status); ok is False if any
     deviates. Runs without an expected entry, or with other params, are listed, not failed."""
     rows, ok = [], True
+    prints = guard(params)["fingerprints"]
     for seq, per_method in sorted(metrics.items()):
         for method, m in sorted(per_method.items()):
             exp = expected.get(seq, {}).get(method)
@@ -73,7 +61,7 @@ def check(metrics: Mapping, params: Mapping, expected: Mapping) -> tuple[bool, l
             if exp is None:
                 rows.append({**where, "status": "not checked: no expected entry"})
                 continue
-            if exp["fingerprint"] != fingerprint(params, seq, method):
+            if exp["fingerprint"] != prints.get(seq, {}).get(method):
                 rows.append({**where,
                              "status": "not checked: params differ from the expected run's"})
                 continue

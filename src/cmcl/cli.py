@@ -13,10 +13,14 @@ from pathlib import Path
 
 
 def _json(text: str):
+    """A --cfg: JSON (or @file), with the schema defaults its stage identity left out."""
+    from cmcl.schema import complete
+
     try:
-        return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+        obj = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
     except (json.JSONDecodeError, OSError) as e:
         raise argparse.ArgumentTypeError(f"not JSON (or @file with JSON): {e}") from None
+    return complete(obj) if isinstance(obj, dict) else obj
 
 
 def _megabytes(mb: float | None) -> int | None:
@@ -38,7 +42,7 @@ def cmd_shard(a) -> None:
 
     c, s = a.cfg, a.cfg["shard"]
     n = shard_task(c["task"], c["corpus"], a.split, a.out, s["samples_per_shard"],
-                   s.get("max_per_class"), workers=a.workers or s.get("workers", 1),
+                   s["max_per_class"], workers=a.workers or s["workers"],
                    max_shard_bytes=_megabytes(s.get("max_shard_mb")))
     print(f"{c['task']['name']}/{a.split}: {n} pairs -> {a.out}")
 
@@ -47,9 +51,9 @@ def cmd_embed(a) -> None:
     from cmcl.embed import embed_split
 
     e = a.cfg["embed"]
-    n = embed_split(a.shards, a.out, e["encoders"], e.get("batch_size", 256),
-                    e.get("dtype", "float32"), max_shard_bytes=_megabytes(e.get("max_shard_mb")),
-                    storage_dtype=e.get("storage_dtype"))
+    n = embed_split(a.shards, a.out, e["encoders"], e["batch_size"], e["dtype"],
+                    max_shard_bytes=_megabytes(e["max_shard_mb"]),
+                    storage_dtype=e["storage_dtype"])
     print(f"embedded {n} samples -> {a.out}")
 
 
@@ -64,7 +68,7 @@ def cmd_import_features(a) -> None:
     from cmcl.corpora.features_h5 import import_task
 
     c = a.cfg
-    n = import_task(c["task"], c["corpus"], a.split, a.out, c["shard"].get("max_per_class"))
+    n = import_task(c["task"], c["corpus"], a.split, a.out, c["shard"]["max_per_class"])
     print(f"{c['task']['name']}/{a.split}: imported {n} samples -> {a.out}")
 
 
@@ -80,7 +84,8 @@ def _train_cfg(a) -> dict:
         return a.cfg
     if a.params is None:
         raise SystemExit("train: give --cfg (JSON) or --params (a params.yaml)")
-    from cmcl.config import load, train_cfg
+    from cmcl import stages
+    from cmcl.config import load
 
     p = load(a.params, as_configfile=True)
     seq = a.sequence or next(iter(p["sequences"]))
@@ -90,7 +95,7 @@ def _train_cfg(a) -> dict:
     if not 1 <= a.step <= len(p["sequences"][seq]):
         raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequences'][seq])} of "
                          f"sequence '{seq}' in {a.params}")
-    return train_cfg(p, seq, a.method, a.step)
+    return stages.train(p, seq, a.method, a.step).values
 
 
 def cmd_train(a) -> None:
@@ -120,41 +125,10 @@ def cmd_evaluate(a) -> None:
               .round(3).to_string())
 
 
-def _eval_files(paths: list[str]) -> list[Path]:
-    """Eval Parquet files as given; a run's folder (rule evaluate) as its steps in order."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        steps = sorted(p.glob("step*.parquet"), key=lambda f: int(f.stem[4:]))
-        out += steps if p.is_dir() else [p]
-    return out
-
-
 def cmd_report(a) -> None:
-    from cmcl.report import build_report, collect
+    from cmcl.report import report_from_files
 
-    df = collect(_eval_files(a.evals))
-    sequences = {s: [dict(t) for t in tasks] for s, tasks in a.cfg["sequences"].items()}
-    for d in a.features or []:  # pair counts and rejected samples, from the feature metadata
-        meta = json.loads((Path(d) / "meta.json").read_text())
-        for t in (t for tasks in sequences.values() for t in tasks if t["name"] == meta["task"]):
-            t.setdefault("pairs", {})[meta["split"]] = meta["count"]
-            t["rejected"] = max(t.get("rejected", 0), meta.get("rejected", 0))
-    resources = json.loads(Path(a.resources).read_text()) if a.resources else None
-    tuning = None
-    if a.tuned:  # how the tuned values were obtained (the file's record)
-        from cmcl.tuning import read_tuned
-
-        tuning = read_tuned(a.tuned).get("record")
-    out = Path(a.out_dir)
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    try:
-        build_report(df, sequences, a.out_dir, a.cfg.get("report", {}).get("main_metric", "map"),
-                     a.cfg.get("variants"), resources, tuning)
-    except BaseException:  # e.g. disk full: no half report (CSVs, figures) of this run stays
-        for p in out.rglob("*"):
-            if p.is_file() and before.get(p) != p.stat().st_mtime_ns:
-                p.unlink()
-        raise
+    report_from_files(a.cfg, a.evals, a.features or [], a.out_dir, a.resources, a.tuned)
     print(f"report: {Path(a.out_dir) / 'report.md'}")
 
 
@@ -190,8 +164,10 @@ def cmd_compare(a) -> None:
         if name not in m:
             raise SystemExit(f"compare: no method '{name}' in the metrics ({sorted(m)})")
     ea, eb = ma[a.a], mb[a.b]
+    # default: every score the file summarises (map, R@k for its eval.ks, zero-shot)
+    wanted = a.metric or sorted({k[: -len("_final_avg")] for k in ea if k.endswith("_final_avg")})
     keys = [k for k in ea if not k.endswith(("_std", "_ci95")) and k != "n_seeds" and k in eb
-            and any(k.startswith(f"{m}_") for m in a.metric)]
+            and any(k.startswith(f"{m}_") for m in wanted)]
     la, lb = f"{a.a}", f"{a.b}" + (f" ({a.metrics_b})" if a.metrics_b else "")
     print(f"{'metric':26s} {la:>18s} {lb:>18s} {'B - A':>8s}")
     for k in keys:
@@ -346,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="method B")
     p.add_argument("--metrics", default="reports/metrics.json")
     p.add_argument("--metrics-b", help="take B from another metrics.json (another experiment)")
-    p.add_argument("--metric", nargs="+", default=["map", "r10", "zs_acc"])
+    p.add_argument("--metric", nargs="+", help="score families, e.g. map r10 (default: all)")
     p.add_argument("--sequence", help="which sequence of the metrics (default: the first)")
     for name, fn, h in (("sweep-worker", cmd_sweep_worker, "run Optuna trials until n_trials"),
                         ("sweep-best", cmd_sweep_best, "best.yaml, figures, test scores")):

@@ -6,52 +6,26 @@ file stops the workflow at start-up instead of failing a job an hour later.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import jsonschema
-import yaml
 
+from cmcl.catalog import methods as catalog
+from cmcl.catalog import resolve_options
+from cmcl.corpora import task_class_problems
+from cmcl.encoders import ENCODERS
 from cmcl.params_file import ParamsError, deep_merge, read_params
-
-SCHEMA = Path(__file__).resolve().parents[2] / "pipeline" / "schemas" / "params.schema.yaml"
+from cmcl.schema import SCHEMA, fill_defaults, load_schema  # noqa: F401  (SCHEMA re-exported)
+from cmcl.tuning import apply_budget, merge_tuned, tune_problems
 
 
 def _path(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "<top level>"
 
 
-def _defaults(schema: Mapping, inst: Any, root: Mapping) -> None:
-    """Fill schema defaults in place (jsonschema validates but never fills)."""
-    if "$ref" in schema:
-        schema = root["$defs"][schema["$ref"].split("/")[-1]]
-    if not isinstance(inst, dict):
-        return
-    for key, sub in schema.get("properties", {}).items():
-        if key not in inst and "default" in sub:
-            inst[key] = copy.deepcopy(sub["default"])
-        if key in inst:
-            _defaults(sub, inst[key], root)
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key, val in inst.items():
-            if key not in schema.get("properties", {}):
-                _defaults(extra, val, root)
-
-
-def load_schema(path: str | Path = SCHEMA) -> dict:
-    return yaml.safe_load(Path(path).read_text())
-
-
 def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "params") -> dict:
     """Validate and return a defaults-filled copy; raise ParamsError naming the bad key."""
-    from cmcl.catalog import methods as catalog
-    from cmcl.catalog import resolve_options
-    from cmcl.corpora import task_class_problems
-    from cmcl.encoders import ENCODERS
-    from cmcl.tuning import apply_budget, merge_tuned, tune_problems
 
     schema = load_schema(schema_path)
     try:  # the tuned file's methods/overrides, under the params' own values
@@ -69,7 +43,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     for sect in (*params.get("overrides", {}).values(), *params.get("variants", {}).values()):
         if "train" in sect:
             sect["train"] = expand_preset(sect["train"], train_defaults)
-    _defaults(schema, params, schema)
+    fill_defaults(schema, params, schema)
 
     problems = []
     methods = catalog()
@@ -176,6 +150,14 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
             if spec.get("log") and spec["type"] != "categorical" and spec["low"] <= 0:
                 problems.append(f"sweep.space.{key}: a log scale needs low > 0")
     problems += tune_problems(params, methods)
+    names = metric_names(params)
+    for where, section in (("report.main_metric", params["report"]),
+                           ("sweep.objective.metric", (sw or {}).get("objective")),
+                           ("tune.objective.metric", params.get("tune", {}).get("objective"))):
+        metric = (section or {}).get("main_metric" if where.startswith("report") else "metric")
+        if metric is not None and metric not in names:
+            problems.append(f"{where}: '{metric}' is not a score the evaluation writes "
+                            f"({names}: R@k for each k of eval.ks)")
     if problems:
         raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(f"  {p}" for p in problems))
     return params
@@ -209,48 +191,16 @@ def expand_preset(train: Mapping, defaults: Mapping | None = None) -> dict:
     return out
 
 
-# train keys added after results were recorded, at the values that reproduce the earlier
-# behaviour: left out of result identities (the train rule's params trigger, check
-# fingerprints), so adding them neither reruns finished steps nor voids expected results
-NEUTRAL_TRAIN = {"preset": "default", "drop_last": True, "lr_schedule": "constant",
-                 "warmup_steps": 0, "warmup_fraction": 0, "decay_biases": True}
-
-
-def identity_train(train: Mapping) -> dict:
-    """A train section without the keys that sit at their neutral value (NEUTRAL_TRAIN)."""
-    return {k: v for k, v in train.items()
-            if not (k in NEUTRAL_TRAIN and v == NEUTRAL_TRAIN[k])}
-
-
 def _warmup_problems(where: str, train: Mapping) -> list[str]:
     if train.get("warmup_steps") and train.get("warmup_fraction"):
         return [f"{where}: give warmup_steps or warmup_fraction, not both"]
     return []
 
 
-def base_method(params: Mapping, run: str) -> str:
-    """The registered method a member of train.methods runs (itself, or its variant's)."""
-    return params.get("variants", {}).get(run, {}).get("method", run)
-
-
-def run_options(params: Mapping, run: str) -> dict:
-    """The options `run` trains with: its variant's (merged over the method's), or the
-    method's own."""
-    variant = params.get("variants", {}).get(run)
-    return dict(variant["options"]) if variant else dict(params.get("methods", {}).get(run, {}))
-
-
-def strategy_cfg(params: Mapping, run: str) -> dict:
-    """What a job needs to build `run`'s strategy: the base method and only its options (so
-    tuning one method never reruns another)."""
-    base = base_method(params, run)
-    return {"method": base, "methods": {base: run_options(params, run)}}
-
-
-def train_cfg(params: Mapping, sequence: str, run: str, step: int) -> dict:
-    """Everything a training step of `run` reads: the --cfg of `python -m cmcl train`."""
-    return {**method_params(params, run), **strategy_cfg(params, run),
-            "task": step_task(params, sequence, run, step)}
+def metric_names(params_or_eval: Mapping) -> list[str]:
+    """Per-task scores the evaluation writes, in report order: R@k for each `eval.ks`."""
+    ec = params_or_eval.get("eval", params_or_eval)
+    return ["map", *(f"r{k}" for k in ec["ks"]), "zs_acc"]
 
 
 def compose(files: list[str | Path], default_base: str | Path = "params.yaml",
@@ -318,28 +268,3 @@ def load(path: str | Path, schema_path: str | Path = SCHEMA, as_configfile: bool
     raw = compose([path]) if as_configfile else read_params(path)
     raw.pop("extends", None)
     return check(raw, schema_path, str(path))
-
-
-def task_spec(params: Mapping, name: str) -> dict:
-    """A task's settings plus its name: what shard/train/evaluate receive."""
-    return {"name": name, **params["tasks"][name]}
-
-
-def method_params(params: Mapping, method: str) -> dict:
-    """model/loss/train as `method` trains with them: the shared sections, then its variant's
-    train settings, then its overrides."""
-    var = params.get("variants", {}).get(method, {}).get("train", {})
-    over = params.get("overrides", {}).get(method, {}).get("train", {})
-    return {"model": params["model"], "loss": params["loss"],
-            "train": {**params["train"], **var, **over}}
-
-
-def step_task(params: Mapping, sequence: str, method: str, step: int) -> dict:
-    """What training step `step` of `method` on `sequence` trains on: one task, or all of them
-    for a joint method (its single step T over the union)."""
-    from cmcl.catalog import methods
-
-    names = params["sequences"][sequence]
-    if methods()[base_method(params, method)].joint:
-        return {"name": "joint", "tasks": [task_spec(params, t) for t in names]}
-    return task_spec(params, names[step - 1])

@@ -24,8 +24,9 @@ from cmcl.io import (
 )
 from cmcl.losses import resolve
 from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
+from cmcl.schema import defaults
 from cmcl.shards import read_features
-from cmcl.train import load_model, load_strategy
+from cmcl.steps import load_model, load_strategy
 
 COLUMNS = ["sequence", "run", "method", "seed", "step", "eval_task", "metric", "value"]
 
@@ -53,13 +54,14 @@ def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: Mapping,
                normalize: bool) -> dict[str, float]:
     """All metrics of one task on in-memory features (test split, or a sweep's validation)."""
     a, b = task["modalities"]
-    bs = int(ec.get("batch_size", 1024))
+    ec = {**defaults("eval"), **ec}  # a partial section (library callers): the schema's rest
+    bs = int(ec["batch_size"])
     za, zb = embed(fn, a, data[a], bs, normalize), embed(fn, b, data[b], bs, normalize)
     labels = torch.as_tensor(data["labels"])
     relevance = task.get("relevance") or ("label" if task.get("pairing") == "class" else "instance")
     out = retrieval_metrics(za, zb, labels if relevance == "label" else None, relevance,
-                            ks=tuple(ec.get("ks", (1, 5, 10))), n_subsets=ec.get("n_subsets", 5),
-                            subset_size=ec.get("subset_size", 1000), seed=ec.get("seed", 0))
+                            ks=tuple(ec["ks"]), n_subsets=ec["n_subsets"],
+                            subset_size=ec["subset_size"], seed=ec["seed"])
     ct = data.get("prompts")
     if ct is not None and has_text and (labels >= 0).all():
         keep = ct["class_ids"] if not task.get("classes") else torch.tensor(sorted(

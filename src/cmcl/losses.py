@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+from cmcl.schema import defaults
+
+if TYPE_CHECKING:  # the losses need no Accelerate at import
+    from accelerate import Accelerator
 
 PRESETS = {
     # the DNS authors' code: tau = 1, raw dot products, a->b only
@@ -13,7 +20,7 @@ PRESETS = {
 
 def resolve(cfg: dict) -> dict:
     """Loss options after applying a named preset (explicit keys lose to the preset)."""
-    out = {"temperature": 0.1, "normalize": True, "symmetric": True}
+    out = {k: v for k, v in defaults("loss").items() if k != "preset"}  # the schema's
     out.update({k: cfg[k] for k in out if k in cfg})
     out.update(PRESETS.get(cfg.get("preset", "default"), {}))
     return out
@@ -30,3 +37,16 @@ def info_nce(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1,
     if symmetric:
         loss = (loss + F.cross_entropy(logits.T, target)) / 2
     return loss
+
+
+def gather_with_grad(acc: Accelerator, z: torch.Tensor) -> torch.Tensor:
+    """All processes' embeddings, this process's slice keeping its autograd graph.
+
+    The contrastive loss needs the negatives of the *global* batch (as open_clip's
+    gather_features); other slices are constants here and get their gradient on their own rank.
+    """
+    if acc.num_processes == 1:
+        return z
+    everyone = acc.gather(z.detach())
+    n, r = len(z), acc.process_index
+    return torch.cat([everyone[: r * n], z, everyone[(r + 1) * n:]])

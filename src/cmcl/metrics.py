@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cmcl.schema import defaults
+
 _QUERY_CHUNK = 2048  # bounds the (chunk, ng) rank-order buffers for large galleries
 
 
@@ -33,8 +35,10 @@ def _relevance_mask(nq: int, ng: int, q_labels: torch.Tensor | None,
 
 def retrieval_scores(sim: torch.Tensor, q_labels: torch.Tensor | None,
                      g_labels: torch.Tensor | None, relevance: str,
-                     ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+                     ks: Sequence[int] | None = None) -> dict[str, float]:
     """R@k and mAP of a (nq, ng) query x gallery similarity matrix, averaged over queries.
+
+    `ks` None: the schema's eval.ks.
 
     "instance": gallery item i is the only relevant item for query i (needs nq == ng).
     "label": every gallery item with the query's label is relevant, because pairs formed by
@@ -48,6 +52,7 @@ def retrieval_scores(sim: torch.Tensor, q_labels: torch.Tensor | None,
     if nq == 0 or ng == 0:
         raise ValueError("sim has no queries or no gallery items")
     rel = _relevance_mask(nq, ng, q_labels, g_labels, relevance)
+    ks = defaults("eval")["ks"] if ks is None else ks
     sim = sim.detach().cpu()
     positions = torch.arange(1, ng + 1, dtype=torch.float64)
     hit_sums = {k: 0.0 for k in ks}
@@ -66,13 +71,18 @@ def retrieval_scores(sim: torch.Tensor, q_labels: torch.Tensor | None,
 
 
 def retrieval_metrics(za: torch.Tensor, zb: torch.Tensor, labels: torch.Tensor | None,
-                      relevance: str, ks: Sequence[int] = (1, 5, 10), n_subsets: int = 5,
-                      subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+                      relevance: str, ks: Sequence[int] | None = None,
+                      n_subsets: int | None = None, subset_size: int | None = None,
+                      seed: int | None = None) -> dict[str, float]:
     """Both-direction retrieval between paired embeddings, averaged over random subsets.
 
     Subsets keep the gallery size fixed across test sets of different size (as in the paper),
     so scores stay comparable between tasks. With n <= subset_size every pair is used once.
+    Settings left None take the schema's eval defaults.
     """
+    given = {"ks": ks, "n_subsets": n_subsets, "subset_size": subset_size, "seed": seed}
+    ec = {**defaults("eval"), **{k: v for k, v in given.items() if v is not None}}
+    ks, n_subsets, subset_size, seed = (ec[k] for k in given)
     if za.ndim != 2 or zb.ndim != 2 or len(za) != len(zb):
         raise ValueError(f"za, zb must be paired (n, d) tensors, got {tuple(za.shape)}, "
                          f"{tuple(zb.shape)}")

@@ -20,6 +20,9 @@ from matplotlib.figure import Figure
 
 from cmcl.io import atomic_path, write_json
 from cmcl.metrics import accuracy_matrix, continual_metrics
+from cmcl.report_tuning import markdown_resources, markdown_tuning
+from cmcl.schema import defaults
+from cmcl.tuning import read_tuned
 
 REQUIRED_COLUMNS = ("sequence", "run", "method", "seed", "step", "eval_task", "metric", "value")
 STATS = ("final_avg", "avg_inc", "bwt", "fwt", "forgetting", "mtil_transfer", "mtil_avg")
@@ -194,6 +197,15 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+RECALL = re.compile(r"r\d+")  # R@k score names, k from eval.ks
+
+
+def _recalls(entry: Mapping) -> list[str]:
+    """The R@k names summarised in a method's metrics entry, by k."""
+    found = {k[: -len("_final_avg")] for k in entry if k.endswith("_final_avg")}
+    return sorted((m for m in found if RECALL.fullmatch(m)), key=lambda m: int(m[1:]))
+
+
 def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
                        means: dict[str, np.ndarray], main_metric: str, has_zs: bool) -> list[str]:
     names = [t["name"] for t in tasks]
@@ -207,9 +219,12 @@ def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
          + ([f"{t['pairs'].get('train', '?')}/{t['pairs'].get('test', '?')}",
              str(t.get("rejected", 0))] if sizes else [])
          for s, t in enumerate(tasks, start=1)])
-    header = ["Method", "Acc", "BWT", "R@1", "R@5", "R@10", "BWT_R10"]
-    keys = [f"{main_metric}_final_avg", f"{main_metric}_bwt", "r1_final_avg", "r5_final_avg",
-            "r10_final_avg", "r10_bwt"]
+    recalls = _recalls(next(iter(metrics.values()), {}))
+    widest = recalls[-1] if recalls else None
+    header = ["Method", "Acc", "BWT", *(f"R@{r[1:]}" for r in recalls)] + (
+        [f"BWT_R{widest[1:]}"] if widest else [])
+    keys = [f"{main_metric}_final_avg", f"{main_metric}_bwt",
+            *(f"{r}_final_avg" for r in recalls)] + ([f"{widest}_bwt"] if widest else [])
     if has_zs:
         header.append("ZS-Acc")
         keys.append("zs_acc_final_avg")
@@ -224,7 +239,8 @@ def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
         "",
         f"Acc is the final average of `{main_metric}` over all {len(names)} tasks after the "
         f"last step; BWT is its backward transfer; R@k are final averages (mean of both "
-        f"directions), BWT_R10 the backward transfer of R@10"
+        f"directions)" + (f", BWT_R{widest[1:]} the backward transfer of R@{widest[1:]}"
+                          if widest else "")
         + (", ZS-Acc the final average zero-shot accuracy" if has_zs else "")
         + f". Values in percent, mean ± std over {seed_text}.",
         "", "### Figures", "",
@@ -253,14 +269,21 @@ def _markdown_overview(metrics: dict, main_metric: str) -> list[str]:
 
 
 def _sequence_stats(df: pd.DataFrame, tasks: Sequence[Mapping], plots: Path,
-                    main_metric: str) -> tuple[dict, dict, list[dict], list[dict]]:
+                    main_metric: str, scores: Sequence[str] | None = None
+                    ) -> tuple[dict, dict, list[dict], list[dict]]:
     """One sequence: per-method metrics, mean matrices, curve and scatter points, and the
     per-method matrix plots under `plots`."""
     _validate(df, tasks, main_metric)
     names = [t["name"] for t in tasks]
     present = set(df["metric"])
-    metric_names = [m for m in dict.fromkeys((main_metric, "r1", "r5", "r10", "zs_acc"))
-                    if m in present]
+    if scores is None:  # as the rows have them: map, R@k by k, zero-shot
+        scores = ["map", *sorted((m for m in present if RECALL.fullmatch(m)),
+                                 key=lambda m: int(m[1:])), "zs_acc"]
+    missing = [m for m in scores if m not in present and m != "zs_acc"]  # zs: text tasks only
+    if missing:
+        raise ValueError(f"build_report: no evaluation rows of metric(s) {missing} (eval.ks "
+                         f"names them; the rows hold {sorted(present)}): re-run evaluate")
+    metric_names = [m for m in dict.fromkeys((main_metric, *scores)) if m in present]
     methods = sorted(df["method"].unique(), key=str)
     stems = [_file_stem(str(m)) for m in methods]
     if len(set(stems)) != len(stems):
@@ -314,7 +337,6 @@ def _markdown_variants(variants: Mapping[str, Mapping]) -> list[str]:
 def _markdown_how(seq: str, methods: list[str], main_metric: str,
                   resources: Mapping | None, tuning: Mapping | None) -> list[str]:
     """The tuning record (when the run uses a file tuned on this sequence) and resources."""
-    from cmcl.report_tuning import markdown_resources, markdown_tuning
 
     out = []
     if tuning and tuning.get("sequence") == seq:
@@ -327,8 +349,12 @@ def _markdown_how(seq: str, methods: list[str], main_metric: str,
 def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
                  out_dir: str | Path, main_metric: str = "map",
                  variants: Mapping[str, Mapping] | None = None,
-                 resources: Mapping | None = None, tuning: Mapping | None = None) -> dict:
+                 resources: Mapping | None = None, tuning: Mapping | None = None,
+                 metric_names: Sequence[str] | None = None) -> dict:
     """Write metrics.json, plots/ and report.md under out_dir; return the metrics dict.
+
+    `metric_names`: the per-task scores to summarise (cmcl.stages.metric_names: R@k for each
+    eval.ks); None takes those the rows hold.
 
     metrics.json holds {sequence: {method: {"<metric>_<stat>": mean, "..._std": std,
     "n_seeds": k}}} in percent so DVC diffs read like the paper's tables. Figures of a sequence
@@ -349,7 +375,7 @@ def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
         if rows.empty:
             raise ValueError(f"build_report: no evaluation rows for sequence '{seq}'")
         plots = out_dir / "plots" / seq
-        m, means, c, p = _sequence_stats(rows, tasks, plots, main_metric)
+        m, means, c, p = _sequence_stats(rows, tasks, plots, main_metric, metric_names)
         metrics[seq] = m
         c_df, p_df = pd.DataFrame(c), pd.DataFrame(p).astype(
             {"final_avg": float, "bwt": float, "final_avg_std": float, "bwt_std": float})
@@ -400,3 +426,39 @@ def render_html(markdown_text: str, base: Path, out: Path) -> None:
     with atomic_path(out) as tmp:
         tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>cmcl report"
                        f"</title><style>{HTML_STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def eval_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Eval Parquet files as given; a run's folder (rule evaluate) as its steps in order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        steps = sorted(p.glob("step*.parquet"), key=lambda f: int(f.stem[4:]))
+        out += steps if p.is_dir() else [p]
+    return out
+
+
+def report_from_files(cfg: Mapping, evals: Sequence[str | Path], features: Sequence[str | Path],
+                      out_dir: str | Path, resources: str | Path | None = None,
+                      tuned: str | Path | None = None) -> dict:
+    """The report stage (cmcl.stages.report's values in `cfg`) from the files the rule names:
+    eval folders, feature folders (pair and rejected counts), resources and the tuned file."""
+    df = collect(eval_files(evals))
+    sequences = {s: [dict(t) for t in tasks] for s, tasks in cfg["sequences"].items()}
+    for d in features:  # pair counts and rejected samples, from the feature metadata
+        meta = json.loads((Path(d) / "meta.json").read_text())
+        for t in (t for tasks in sequences.values() for t in tasks if t["name"] == meta["task"]):
+            t.setdefault("pairs", {})[meta["split"]] = meta["count"]
+            t["rejected"] = max(t.get("rejected", 0), meta.get("rejected", 0))
+    used = json.loads(Path(resources).read_text()) if resources else None
+    tuning = read_tuned(tuned).get("record") if tuned else None  # how tuned values were got
+    out = Path(out_dir)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    try:
+        main = {**defaults("report"), **cfg.get("report", {})}["main_metric"]
+        return build_report(df, sequences, out, main,
+                            cfg.get("variants"), used, tuning, cfg.get("metrics"))
+    except BaseException:  # e.g. disk full: no half report (CSVs, figures) of this run stays
+        for p in out.rglob("*"):
+            if p.is_file() and before.get(p) != p.stat().st_mtime_ns:
+                p.unlink()
+        raise

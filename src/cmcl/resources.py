@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from cmcl.io import write_json
+from cmcl.steps import load_model, load_strategy
+from cmcl.strategies.helpers.replay import SlotMemory
 
 
 def measure(step_dir: str | Path) -> dict:
     """samples, state_bytes and extra_params of one saved step (loaded as evaluation does)."""
-    from cmcl.strategies.helpers.replay import SlotMemory
-    from cmcl.train import load_model, load_strategy
 
     step_dir = Path(step_dir)
     model, _ = load_model(step_dir)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmcl.identity import TRAIN_IGNORES, Stage
 from cmcl.io import load_tensors, read_json, save_tensors, write_json
 
 # set by the constructor from the config, which the fingerprint pins: not in-task state
@@ -65,8 +66,8 @@ def fingerprint(cfg: dict, method: str, seed: int, step: int, start_digest: str,
                 prev_state: Path, tensors: list[torch.Tensor], processes: int) -> str:
     """What a checkpoint must agree on to be resumed: everything that shapes the run."""
     h = hashlib.sha256()
-    tc = {k: v for k, v in cfg.get("train", {}).items() if k != "checkpoint_every"}
-    h.update(json.dumps({**cfg, "train": tc, "method": method, "seed": seed, "step": step,
+    ident = Stage("train", cfg, **TRAIN_IGNORES).result_identity()  # not checkpoint_every
+    h.update(json.dumps({**ident, "method": method, "seed": seed, "step": step,
                          "start": start_digest, "processes": processes},
                         sort_keys=True, default=str).encode())
     for f in sorted(prev_state.rglob("*")) if prev_state.exists() else []:

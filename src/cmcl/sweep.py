@@ -10,8 +10,6 @@ pruned there. The first step of a method whose first task does not depend on the
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import tempfile
 import time
 from collections.abc import Mapping
@@ -23,14 +21,15 @@ import torch
 import yaml
 from accelerate.utils import set_seed
 
-from cmcl.config import method_params, task_spec
+from cmcl import stages
 from cmcl.evaluate import load_split, score_task
 from cmcl.io import atomic_path, write_json
 from cmcl.losses import resolve
 from cmcl.metrics import continual_metrics
-from cmcl.models import MultiHead
+from cmcl.schema import complete
+from cmcl.stages import method_params, sweep_tasks, task_spec  # noqa: F401  (sweep_tasks re-exported)
 from cmcl.strategies import discover, get_strategy
-from cmcl.train import fit_task, fit_tasks, make_accelerator
+from cmcl.train import fit_task, fit_tasks, make_accelerator, new_model, step_seed
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
@@ -68,27 +67,11 @@ def suggest(trial: optuna.Trial, space: Mapping) -> dict:
 
 
 def study_name(params: Mapping) -> str:
-    """The configured name plus a fingerprint of everything a trial's score depends on, so a
-    changed space, objective or data starts a fresh study instead of mixing incomparable ones.
-
-    Only the swept method's own settings count (its options and overrides, the sequence's
-    tasks, the first seed), minus the values its space sets: adding a method or a seed, or
-    tuning another method, never restarts this study; nor does adopting its tuned values."""
-    from cmcl.config import identity_train
-
-    sw = params["sweep"]
-    method, space = sw["method"], sw["space"]
-    train = identity_train(method_params(params, method)["train"])
-    train = {k: v for k, v in train.items()
-             if k not in ("methods", "seeds", "checkpoint_every") and f"train.{k}" not in space}
-    blob = {k: params.get(k) for k in ("shard", "embed", "model", "loss", "eval")}
-    blob |= {"tasks": [task_spec(params, t) for t in sweep_tasks(params)], "train": train,
-             "seed": params["train"]["seeds"][0],
-             "options": {k: v for k, v in params.get("methods", {}).get(method, {}).items()
-                         if k not in space}}
-    blob["sweep"] = {k: sw[k] for k in ("method", "space", "objective", "val_fraction", "seed")}
-    digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{sw['study']}-{digest}"
+    """The configured name plus the sweep stage's key (cmcl.stages.sweep: what a trial's score
+    depends on), so a changed space, objective or data starts a fresh study instead of mixing
+    incomparable ones, while adding a method or a seed, or adopting tuned values, does not."""
+    # completed first: a job's --cfg and the caller's params name the same study
+    return f"{params['sweep']['study']}-{stages.sweep(complete(params)).key()[:10]}"
 
 
 def storage(params: Mapping, journal: str | Path) -> optuna.storages.BaseStorage | str:
@@ -125,12 +108,6 @@ def split_validation(data: Mapping, fraction: float, seed: int) -> tuple[dict, d
     return parts[0], parts[1]
 
 
-def sweep_tasks(params: Mapping) -> list[str]:
-    """The task names of the sequence the study tunes on (sweep.sequence, else the first)."""
-    seq = params["sweep"].get("sequence") or next(iter(params["sequences"]))
-    return list(params["sequences"][seq])
-
-
 def load_chain_data(params: Mapping, feature_root: str | Path, held_out: str) -> dict:
     """{task: (train, eval)}: eval = carved validation ("val") or the test split ("test")."""
     out = {}
@@ -160,13 +137,16 @@ class ChainRunner:
         return [task_spec(self.params, t) for t in sweep_tasks(self.params)]
 
     def _first_step_key(self, cfg: Mapping) -> str | None:
-        cls = discover()[self.method]
-        free = set(getattr(cls, "first_step_ignores", ()))
+        """The result key of step 1 without the options it ignores: trials equal there share
+        one trained first step."""
+        free = getattr(discover()[self.method], "first_step_ignores", ())
         if not free:
             return None
-        opts = {k: v for k, v in cfg["methods"].get(self.method, {}).items() if k not in free}
-        blob = {k: cfg[k] for k in ("model", "loss", "train")} | {"opts": opts}
-        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+        ignores = {**stages.TRAIN_IGNORES, "not_result": tuple(
+            f"methods.{self.method}.{k}" for k in free)}
+        step1 = {k: cfg[k] for k in ("model", "loss", "train")} | {
+            "methods": {self.method: cfg["methods"].get(self.method, {})}}
+        return stages.Stage("train", step1, **ignores).key()
 
     def _scores(self, model, strategy, cfg) -> list[dict]:
         ec, norm = cfg["eval"], resolve(cfg["loss"])["normalize"]
@@ -180,23 +160,22 @@ class ChainRunner:
 
     def run(self, cfg: Mapping, trial: optuna.Trial | None = None) -> dict:
         """Train the whole chain with `cfg`; return objective, accuracy matrix and metrics."""
-        cfg = {**cfg, **method_params(cfg, self.method),
-               "methods": {self.method: discover()[self.method].resolve_options(
-                   cfg.get("methods", {}).get(self.method, {}))}}
+        cfg = complete({**cfg, **method_params(cfg, self.method),
+                        "methods": {self.method: discover()[self.method].resolve_options(
+                            cfg.get("methods", {}).get(self.method, {}))}})
         metric = cfg["sweep"]["objective"]["metric"]
         tasks = self.tasks()
         dims = {}
         for t in tasks:
             dims.update(self.data[t["name"]][0]["meta"]["dims"])
-        set_seed(self.seed, deterministic=cfg["train"].get("deterministic", True))
-        model = MultiHead(dims, cfg["model"]["embed_dim"], cfg["model"].get("bias", False))
-        model.reset(cfg["model"].get("init", "orthogonal"), self.seed)
+        set_seed(self.seed, deterministic=cfg["train"]["deterministic"])
+        model = new_model(cfg["model"], dims, self.seed)
         strategy = get_strategy(self.method, cfg)
         strategy.load_state(None, model)
         rows = [[s[metric] for s in self._scores(model, strategy, cfg)]]
         if discover()[self.method].joint:  # one step T over the union, as the pipeline runs it
             n = len(tasks)
-            set_seed(self.seed * 1000 + n, deterministic=cfg["train"]["deterministic"])
+            set_seed(step_seed(self.seed, n), deterministic=cfg["train"]["deterministic"])
             parts = [(t, *(torch.from_numpy(self.data[t["name"]][0][k])
                            for k in (*t["modalities"], "labels"))) for t in tasks]
             model, _ = fit_tasks(model, strategy, cfg, parts, n, self.seed, self.acc)
@@ -212,7 +191,7 @@ class ChainRunner:
                 model.load_state_dict(weights)
                 strategy.load_state(state_dir, model)
             else:
-                set_seed(self.seed * 1000 + step, deterministic=cfg["train"]["deterministic"])
+                set_seed(step_seed(self.seed, step), deterministic=cfg["train"]["deterministic"])
                 tr = self.data[task["name"]][0]
                 a, b = task["modalities"]
                 model, _ = fit_task(model, strategy, cfg, task, step, self.seed,

@@ -7,7 +7,6 @@ cmcl.strategies. The same code runs as `python -m cmcl train` on one CPU and und
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import time
@@ -23,17 +22,13 @@ from tqdm import tqdm
 from cmcl.io import (
     DIGESTS,
     atomic_dir,
-    check_digest,
-    load_tensors_digest,
     read_json,
     record_digests,
-    recorded_digest,
     save_tensors,
-    verify_files,
     write_json,
 )
 from cmcl.lean import defer_dynamo, set_seed  # no dynamo import: ~1 s of CPU a job
-from cmcl.losses import info_nce, resolve
+from cmcl.losses import gather_with_grad, info_nce, resolve  # noqa: F401  (re-exported)
 from cmcl.models import MultiHead
 from cmcl.resume import (
     Resume,
@@ -44,7 +39,14 @@ from cmcl.resume import (
     save_checkpoint,
     say,
 )
+from cmcl.schema import complete
 from cmcl.shards import read_features
+from cmcl.steps import (  # noqa: F401  (re-exported: the training API)
+    load_model,
+    load_state_dir,
+    load_strategy,
+    weights_digest,
+)
 from cmcl.strategies import Strategy, TaskContext, get_strategy
 
 
@@ -123,65 +125,26 @@ def _as_is(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     return batch
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of training step `step` of a run seeded `seed`: the pipeline's and sweeps'."""
+    return seed * 1000 + step
+
+
 def make_accelerator(tc: dict) -> Accelerator:
     """One Accelerator setup for every entry point: `train.batch_size` is the *global* batch,
     split across processes, so N processes train exactly like one (same batches, same order)."""
     accel = torch.cuda.is_available() or torch.backends.mps.is_available() or (
         hasattr(torch, "xpu") and torch.xpu.is_available())
     # cpu=True on a CPU-only host is what makes Accelerate join a torchrun group (gloo)
-    return Accelerator(cpu=tc.get("cpu", False) or not accel,
+    return Accelerator(cpu=tc.get("cpu") or not accel,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-def gather_with_grad(acc: Accelerator, z: torch.Tensor) -> torch.Tensor:
-    """All processes' embeddings, this process's slice keeping its autograd graph.
-
-    The contrastive loss needs the negatives of the *global* batch (as open_clip's
-    gather_features); other slices are constants here and get their gradient on their own rank.
-    """
-    if acc.num_processes == 1:
-        return z
-    everyone = acc.gather(z.detach())
-    n, r = len(z), acc.process_index
-    return torch.cat([everyone[: r * n], z, everyone[(r + 1) * n:]])
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """Content hash of a model's weights: lets tests and users verify that steps chain."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def load_model(step_dir: str | Path) -> tuple[MultiHead, dict]:
-    """Rebuild a step's model from its meta.json and safetensors weights (no pickle).
-
-    The file's bytes are hashed once as they are read and compared with the sha256 the step
-    recorded (steps from before that: the weights digest), so a damaged checkpoint stops here.
-    """
-    step_dir = Path(step_dir)
-    meta = read_json(step_dir / "meta.json")
-    mc = meta["model"]
-    model = MultiHead(mc["in_dims"], mc["embed_dim"], mc["bias"])
-    path = step_dir / "model.safetensors"
-    state, found = load_tensors_digest(path)
-    model.check_state(state, str(path))
-    expected = recorded_digest(meta, "model.safetensors")
-    check_digest(path, expected, found)
-    model.load_state_dict(state)
-    if expected is None and meta.get("log", {}).get("final_digest"):
-        check_digest(path, meta["log"]["final_digest"], weights_digest(model))
-    return model, meta
-
-
-def load_state_dir(strategy: Strategy, step_dir: str | Path, meta: dict,
-                   model: MultiHead) -> None:
-    """strategy.load_state on a step's state/ folder, its files checked against meta.json."""
-    state = Path(step_dir) / "state"
-    verify_files(step_dir, meta, "state/")
-    strategy.load_state(state if state.exists() else None, model)
+def new_model(mc: dict, in_dims: dict[str, int], seed: int) -> MultiHead:
+    """The untrained heads of a run (model section `mc`): its step 0, in files or in memory."""
+    model = MultiHead(in_dims, mc["embed_dim"], mc["bias"])
+    model.reset(mc["init"], seed)
+    return model
 
 
 def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
@@ -193,9 +156,8 @@ def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
             if in_dims.setdefault(m, dim) != dim:
                 raise ValueError(f"{d}/meta.json: modality '{m}' has dim {dim}, another task "
                                  f"has {in_dims[m]}: one encoder per modality is required")
-    mc = cfg["model"]
-    model = MultiHead(in_dims, mc["embed_dim"], mc.get("bias", False))
-    model.reset(mc.get("init", "orthogonal"), seed)
+    cfg = complete(cfg)  # a partial config (library callers) gets the schema's defaults
+    model = new_model(cfg["model"], in_dims, seed)
     base = cfg.get("method", method)  # a variant names the method it runs
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
@@ -227,10 +189,11 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     With `resume`, a checkpoint is saved every `resume.every` optimizer steps and training
     continues from the newest matching one (cmcl.resume).
     """
+    cfg = complete(cfg)  # a partial config (library callers) gets the schema's defaults
     tc = cfg["train"]
     acc = acc or make_accelerator(tc)
     model = model.to(acc.device)
-    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    gen = torch.Generator().manual_seed(step_seed(seed, step))
     ctxs, mods = [], []
     for task, xa, xb, labels in parts:
         a, b = task["modalities"]
@@ -249,13 +212,12 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         check_partial_batch(len(xa), tc, acc.num_processes, c.task)
         loaders.append(batch_loader((strategy.train_inputs(c, a, xa),
                                      strategy.train_inputs(c, b, xb), labels),
-                                    tc["batch_size"], gen, tc.get("drop_last", True)))
+                                    tc["batch_size"], gen, tc["drop_last"]))
     params = [p for m in mods for p in model.heads[m].parameters()]
     extra_params = strategy.trainable_parameters(ctx)
     params += extra_params
     defer_dynamo(torch.optim.Optimizer, torch.optim.Adam, torch.optim.AdamW)  # ~1 s a job
-    opt = torch.optim.AdamW(param_groups(params, tc["weight_decay"],
-                                         tc.get("decay_biases", True)),
+    opt = torch.optim.AdamW(param_groups(params, tc["weight_decay"], tc["decay_biases"]),
                             lr=tc["lr"], weight_decay=tc["weight_decay"])
     # the model's placement given, as Accelerate would decide it: its default imports
     # torch.distributed.tensor (~0.5 s a job) to look for DTensor parameters MultiHead never has
@@ -272,7 +234,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     plain = acc.scaler is None and acc.distributed_type not in (
         DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA)
     clip = torch.nn.utils.clip_grad_norm_ if plain else acc.clip_grad_norm_
-    lc = resolve(cfg.get("loss", {}))
+    lc = resolve(cfg["loss"])
 
     def loss_fn(batch: dict) -> torch.Tensor:
         a, b = ctx.modalities
@@ -293,7 +255,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         gen.set_state(epoch_gen)  # the shuffling of the saved epoch is replayed up to `done`
         say(f"step {step}: resuming from {ckpt} (epoch {at['epoch']}, batch {at['done']})")
     steps_per_epoch = sum(len(ld) for ld in loaders)
-    schedule, total_steps = tc.get("lr_schedule", "constant"), tc["epochs"] * steps_per_epoch
+    schedule, total_steps = tc["lr_schedule"], tc["epochs"] * steps_per_epoch
     warmup = warmup_steps(tc, total_steps)
     scheduled = schedule != "constant" or warmup > 0
     losses, t0 = at["losses"], time.time() - at["seconds"]  # `losses` is at["losses"]
@@ -361,27 +323,19 @@ def check_partial_batch(n: int, tc: dict, processes: int, task: str) -> None:
     """A kept last batch must split evenly over processes, else Accelerate would pad it with
     repeated samples and N processes would no longer train like one."""
     rest = n % tc["batch_size"] if n > tc["batch_size"] else 0
-    if not tc.get("drop_last", True) and rest % processes:
+    if not tc["drop_last"] and rest % processes:
         raise ValueError(f"task {task}: train.drop_last is false and the last batch of "
                          f"{rest} pairs does not split over {processes} processes; set "
                          "train.drop_last: true or use a process count dividing it")
 
 
-def load_strategy(step_dir: str | Path, model: MultiHead) -> Strategy:
-    """The method of a saved step with its options and state (evaluation embeds through it)."""
-    meta = read_json(Path(step_dir) / "meta.json")
-    cfg = {"methods": {meta["method"]: meta.get("options", {})}}
-    strategy = get_strategy(meta["method"], cfg)
-    load_state_dir(strategy, step_dir, meta, model)
-    return strategy
-
-
 def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
                train_dir: str | Path | list, prev_dir: str | Path, out_dir: str | Path) -> dict:
     """Train task `task` starting from `prev_dir`; write model, method state and log to out_dir."""
+    cfg = complete(cfg)  # a partial config (library callers) gets the schema's defaults
     tc = cfg["train"]
     acc = make_accelerator(tc)
-    set_seed(seed * 1000 + step, deterministic=tc.get("deterministic", True))
+    set_seed(step_seed(seed, step), deterministic=tc["deterministic"])
     model, prev_meta = load_model(prev_dir)
     start_digest = weights_digest(model)
     base = cfg.get("method", method)  # `method` may be a variant (its run name)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from cmcl.catalog import methods as catalog_methods
 from cmcl.params_file import ParamsError, deep_merge, read_params
 
 # keys of a tuned file that are params; `record` says how the values were obtained
@@ -89,7 +90,6 @@ def tune_matrix(params: Mapping) -> list[tuple[str, str]]:
 def method_space(params: Mapping, method: str, catalog: Mapping | None = None) -> dict | None:
     """The method's search space: tune.spaces.<method> if given, else its file's own."""
     if catalog is None:
-        from cmcl.catalog import methods as catalog_methods
 
         catalog = catalog_methods()
     given = ((params.get("tune") or {}).get("spaces") or {}).get(method)
@@ -197,7 +197,7 @@ def export(params: Mapping, sequence: str, summaries: Mapping[str, str | Path],
            out: str | Path, worker_files: Mapping[str, list] | None = None) -> dict:
     """One params override for `sequence` from every method's sweep summary, with a record of
     each study (space, budget, trials, best values, validation objective, test scores)."""
-    from cmcl.io import atomic_path
+    from cmcl.io import atomic_path  # here: cmcl.io loads torch, the Snakefile parse must not
 
     tuned: dict = {"methods": {}, "overrides": {}}
     record: dict = {"sequence": sequence, "n_trials": params["tune"]["n_trials"],

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmcl.io import DIGESTS, read_json, repair_hint, sha256_file
+from cmcl.io import DIGESTS, load_tensors, read_json, repair_hint, sha256_file
+from cmcl.steps import weights_digest
 
 DEFAULT_ROOTS = ("data/shards", "data/features", "results/runs")
 
@@ -44,8 +45,6 @@ def _legacy_step(folder: Path, meta: dict, rep: Report) -> bool:
     expected = meta.get("log", {}).get("final_digest")
     if not expected or not (folder / "model.safetensors").is_file():
         return False
-    from cmcl.io import load_tensors
-    from cmcl.train import weights_digest
 
     try:
         found = weights_digest(_Holder(load_tensors(folder / "model.safetensors")))

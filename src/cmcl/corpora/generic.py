@@ -38,6 +38,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from cmcl.corpora import TEXT_MODALITIES, CorpusInfo, Sample, disjoint_splits, register_adapter
+from cmcl.corpora.media import Reader, SampleError, stream, take_options
 from cmcl.tario import tar_key
 
 RESERVED = ("id", "split", "label")
@@ -165,7 +166,6 @@ def generic(name: str, path: Path, **options):
     sharding, so a corrupt or truncated one is named (corpus, sample, file) or skipped there.
     `verify: false` copies the bytes unread, faster for trusted data; a bad file then only
     fails in `embed`, named by its shard member, and cannot be skipped."""
-    from cmcl.corpora.media import Reader, SampleError, stream, take_options
 
     opts = take_options(name, "generic", options, {})
     f = manifest_file(path)

@@ -80,7 +80,7 @@ class Precomputed(Encoder):
     modality, dim = "*", 0
 
     def encode(self, payloads, where):
-        from cmcl.shards import load_npy
+        from cmcl.shards import load_npy  # here: shards loads torch, the Snakefile parse must not
 
         for p, w in zip(payloads, where, strict=True):
             if msg := wrong_kind(w, "precomputed", "a feature-row .npy", p, "array"):
@@ -149,7 +149,7 @@ class MfccStats(Encoder):
     modality, dim = "audio", 26
 
     def encode(self, payloads, where):
-        from cmcl.shards import load_npy
+        from cmcl.shards import load_npy  # here: shards loads torch, the Snakefile parse must not
 
         out = []
         for p, w in zip(payloads, where, strict=True):

@@ -36,6 +36,7 @@ import numpy as np
 
 from cmcl.encoders import imagebind as ib
 from cmcl.encoders import register_encoder
+from cmcl.io import atomic_path
 
 ANCHOR = "modality_heads.vision.2.weight"  # every ImageBind state dict has it
 # cmcl modality -> UniBind head (none for text, depth, tactile)
@@ -218,7 +219,6 @@ def convert_centres(src: str | Path, dst: str | Path) -> int:
 
     from safetensors.numpy import save_file
 
-    from cmcl.io import atomic_path
 
     with open(src, "rb") as f:
         obj = pickle.load(f)  # noqa: S301  (the documented one-off conversion, see above)

@@ -26,6 +26,7 @@ import torch
 
 from cmcl.method_info import MethodInfo, resolve_options
 from cmcl.models import MultiHead
+from cmcl.resume import restore, snapshot
 
 REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -105,14 +106,12 @@ class Strategy:
     def task_state(self) -> tuple[Any, dict[str, torch.Tensor]]:
         """What the per-batch hooks changed since before_task, as (JSON, tensors), saved with
         each preemption checkpoint. Default: a structural snapshot of the attributes."""
-        from cmcl.resume import snapshot
 
         return snapshot(self)
 
     def load_task_state(self, meta: Any, tensors: dict[str, torch.Tensor]) -> None:
         """Put task_state back on resume (after load_state and before_task ran as at the step
         start); tensors are written in place, so the optimizer keeps its parameters."""
-        from cmcl.resume import restore
 
         restore(self, meta, tensors)
 
