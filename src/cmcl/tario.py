@@ -288,11 +288,11 @@ def read_tars(pieces: Iterable[Mapping]) -> Iterator[dict]:
         with open(url, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             start, end = p.get("start", 0), p.get("end")
-            if end is not None:  # tarfile wants the last member's block padding too
-                end += pad(end)
-            if end is not None and end > size:  # a byte range the file no longer holds
-                raise ValueError(f"{url}: truncated tar (the index expects {end} bytes, the "
-                                 f"file has {size})")
+            if end is not None:
+                end += pad(end)  # tarfile wants the last member's block padding too
+                if end > size:  # a byte range the file no longer holds
+                    raise ValueError(f"{url}: truncated tar (the index expects {end} bytes, "
+                                     f"the file has {size})")
             stream = f if end is None else _Span(f, start, end)
             files = tar_file_expander([{"url": url, "stream": stream}], eof_value=None)
             try:
