@@ -68,12 +68,16 @@ def test_uneven_counts_pad_drop_or_exact(tmp_path):
         assert len(SampleStream(d, rank=0, world_size=3, even=even)) == per_rank[0]
 
 
-def test_unshuffled_stream_is_the_folder_order(tmp_path):
+def test_unshuffled_stream_is_the_folder_order(tmp_path, monkeypatch):
     d = feature_dir(tmp_path / "f", 10, per_shard=3)
     s = SampleStream(d, rank=0, world_size=1)
     assert [x["__key__"] for x in s] == [f"k{i:03d}" for i in range(10)]
     with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
         SampleStream(d, rank=2, world_size=2)
+    monkeypatch.setenv("WORKER", "0")  # webdataset's worker override: half the samples, silently
+    monkeypatch.setenv("NUM_WORKERS", "2")
+    with pytest.raises(ValueError, match="WORKER/NUM_WORKERS are set in the environment"):
+        list(s)
 
 
 def test_feature_stream_batches_match_read_features(tmp_path):

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
+from torch.utils.data import get_worker_info
 from webdataset.utils import pytorch_worker_info
 
 from cmcl import tario
@@ -125,7 +126,11 @@ class SampleStream(wds.DataPipeline):
         """Every consumer's plan, worker-major: item `rank + world_size * worker` is consumer
         (rank, worker)'s, the one `wds.slice(rank, None, world_size)` then
         `wds.split_by_worker` leave it."""
-        workers = pytorch_worker_info()[3]
+        workers, info = pytorch_worker_info()[3], get_worker_info()
+        if workers != (1 if info is None else info.num_workers):  # would drop samples silently
+            raise ValueError(f"{self.directory}: WORKER/NUM_WORKERS are set in the environment, "
+                             "so webdataset would read one worker's share of the samples here; "
+                             "unset them (DataLoader workers are found without them)")
         for worker in range(workers):
             for rank in range(self.world_size):
                 yield self.plan(worker, workers, rank)
