@@ -25,7 +25,7 @@ CFG = {"model": {"embed_dim": 8}, "loss": {}, "methods": {},
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    from conftest import make_corpus
+    from helpers.data import make_corpus
 
     from cmcl.embed import embed_split
     from cmcl.shards import shard_task

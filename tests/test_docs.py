@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT
+from helpers.data import ROOT
 
 
 def test_fault_table_cites_existing_tests():

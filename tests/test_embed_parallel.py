@@ -22,7 +22,7 @@ TASK = {"name": "ti", "corpus": "c", "modalities": ["text", "image"]}
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> tuple[Path, str]:
-    from conftest import make_corpus
+    from helpers.data import make_corpus
 
     from cmcl.shards import shard_task
 

@@ -179,7 +179,7 @@ def test_params_schema_accepts_the_encoder_specs():
     import re
 
     import yaml
-    from conftest import ROOT
+    from helpers.data import ROOT
 
     schema = yaml.safe_load((ROOT / "pipeline/schemas/params.schema.yaml").read_text())
     pattern = schema["properties"]["embed"]["properties"]["encoders"]["additionalProperties"][

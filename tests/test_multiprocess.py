@@ -37,7 +37,7 @@ def optimizer_steps(features: Path, epochs: int, batch: int) -> int:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """Features of two tasks and a finished step 1 per method (single process)."""
-    from conftest import make_corpus
+    from helpers.data import make_corpus
 
     from cmcl.embed import embed_split
     from cmcl.shards import shard_task

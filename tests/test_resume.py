@@ -37,7 +37,7 @@ class Preempted(Exception):
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory) -> Path:
-    from conftest import make_corpus
+    from helpers.data import make_corpus
 
     from cmcl.embed import embed_split
     from cmcl.shards import shard_task

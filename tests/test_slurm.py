@@ -1,7 +1,7 @@
 """The tiny pipeline through a real single-node Slurm cluster equals a local run.
 
 The fixture starts munge, MariaDB, slurmdbd, slurmctld and slurmd from Debian's packages
-(tests/slurm_cluster.py; installs them with apt-get when missing) and the workflow runs with
+(tests/helpers/slurm.py; installs them with apt-get when missing) and the workflow runs with
 `--profile pipeline/profiles/slurm`, exactly as a user would, in one copy of the project, and
 with `--cores 2` in another; the Slurm run also runs a 2-worker Optuna sweep (two worker jobs on
 one journal). Needs root (daemons, /etc/slurm/slurm.conf); skipped otherwise.
@@ -25,9 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import slurm_cluster  # noqa: E402
+from helpers import slurm as slurm_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)

@@ -6,7 +6,7 @@ import copy
 import json
 
 import pytest
-from conftest import ROOT
+from helpers.data import ROOT
 
 from cmcl import stages
 from cmcl.config import ParamsError, check, load

@@ -22,7 +22,7 @@ TASKS = {
 
 @pytest.fixture(scope="module")
 def sweep_setup(tmp_path_factory):
-    from conftest import embedded_tasks
+    from helpers.data import embedded_tasks
 
     d = tmp_path_factory.mktemp("sweep")
     embedded_tasks(d, TASKS)

@@ -40,7 +40,7 @@ def raw_params(corpus: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from conftest import embedded_tasks
+    from helpers.data import embedded_tasks
 
     d = tmp_path_factory.mktemp("tune")
     corpus = embedded_tasks(d, TASKS)

@@ -34,7 +34,9 @@ SBIN = ("/usr/sbin", "/sbin", "/usr/bin")
 MARKER = "CMCL_SLURM_CLUSTER"
 CONF = Path("/etc/slurm/slurm.conf")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
-HEADER = "# written by cmcl tests/slurm_cluster.py; restored on exit"
+HEADER = "# written by cmcl tests/helpers/slurm.py; restored on exit"
+# ours too: the header of confs written before the move (a crashed run's leftover)
+OURS = (HEADER, "# written by cmcl tests/slurm_cluster.py; restored on exit")
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")  # start order
 
 
@@ -392,7 +394,7 @@ JobCompType=jobcomp/none
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={real_memory} State=UNKNOWN
 PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """
-        dbd_conf = f"""# written by cmcl tests/slurm_cluster.py
+        dbd_conf = f"""# written by cmcl tests/helpers/slurm.py
 AuthType=auth/munge
 DbdHost=localhost
 DbdPort={self.ports['dbd']}
@@ -416,7 +418,7 @@ StorageLoc=slurm_acct_db
 
     def _install_conf(self, text: str) -> None:
         CONF.parent.mkdir(parents=True, exist_ok=True)
-        if CONF.exists() and not CONF.read_text(errors="replace").startswith(HEADER):
+        if CONF.exists() and not CONF.read_text(errors="replace").startswith(OURS):
             if not self._backup.exists():
                 shutil.copy2(CONF, self._backup)
         tmp = CONF.with_suffix(".conf.cmcl-tmp")
@@ -428,7 +430,7 @@ StorageLoc=slurm_acct_db
         if self._backup.exists():
             shutil.copy2(self._backup, CONF)
             self._backup.unlink()
-        elif CONF.exists() and CONF.read_text(errors="replace").startswith(HEADER):
+        elif CONF.exists() and CONF.read_text(errors="replace").startswith(OURS):
             CONF.unlink()
 
     # ---- daemons ----------------------------------------------------------------------------
@@ -535,7 +537,7 @@ def _mem_total_mb() -> int:
     return 4000
 
 
-def main() -> None:  # manual use: python tests/slurm_cluster.py  (Ctrl-C stops the cluster)
+def main() -> None:  # manual use: python tests/helpers/slurm.py  (Ctrl-C stops the cluster)
     ensure_installed()
     with SlurmCluster() as c:
         print(f"cluster {c.cluster_name} up: partition {c.partition}, state {c.state}", flush=True)
