@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,25 +86,3 @@ def test_non_utf8_manifest_names_file_and_line(tmp_path):
     c.write_bytes(b"id,split,text\na,train,ok\nb,train,caf\xe9\n")
     with pytest.raises(ValueError, match=rf"{c}:3: not UTF-8 text \(byte 0xe9 at column 12\)"):
         read_rows(c)
-
-
-def test_snakemake_without_the_venv_on_path_says_to_activate_it(tmp_path):
-    """`.venv/bin/snakemake` from a shell whose `python` lacks cmcl: one line, no job runs."""
-    d = tmp_path / "proj"
-    d.mkdir()
-    for name in ("Snakefile", "params.yaml"):
-        (d / name).write_text((ROOT / name).read_text())
-    (d / "pipeline").symlink_to(ROOT / "pipeline")
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python").write_text("#!/bin/sh\necho 'No module named cmcl' >&2\nexit 1\n")
-    (fake / "python").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin"}
-    p = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n"], cwd=d, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode != 0
-    out = p.stdout + p.stderr
-    assert (f"Snakefile: jobs run `python -m cmcl`, and `python` on PATH is {fake}/python, "
-            "which cannot import cmcl") in out
-    assert f"run `source {Path(sys.executable).parent}/activate` first" in out
-    assert "Traceback" not in out

@@ -1,6 +1,6 @@
 """dvc.yaml's metrics and plots are files the report rule writes, left to git (`cache: false`,
 not git-ignored), so `dvc metrics diff` and `dvc plots diff` can compare commits; every plot CSV
-the report writes at the top of reports/plots/ is declared. A dry run only (a few seconds)."""
+the report writes at the top of reports/plots/ is declared. A dry run only."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.data import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 
 

@@ -8,32 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cmcl.preflight import run_lock_problem
+from helpers.data import ROOT
+from helpers.run_lock import HOLD
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-HOLD = """
-import sys, time
-from cmcl.preflight import run_lock_problem
-assert run_lock_problem(["--cores", "1"], sys.argv[1]) is None
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
-def test_a_second_run_is_refused_while_dry_runs_pass(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        problem = run_lock_problem(["--cores", "2"], tmp_path)
-        assert problem and f"pid {holder.pid}" in problem and "in progress" in problem
-        for argv in (["-n"], ["-np", "--cores", "1"], ["--unlock"], ["--lint"], ["--summary"]):
-            assert run_lock_problem(argv, tmp_path) is None, argv
-    finally:
-        holder.kill()  # a killed holder leaves no lock behind: the kernel drops it
-        holder.wait()
-    assert run_lock_problem(["--cores", "2"], tmp_path) is None
 
 
 def test_the_snakefile_refuses_a_run_while_another_holds_the_folder(tmp_path):

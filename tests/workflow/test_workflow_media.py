@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers.data import ROOT
 from helpers.imagebind import require_imagebind, tiny_imagebind
 
 torch = pytest.importorskip("torch")
@@ -24,7 +25,6 @@ sf = pytest.importorskip("soundfile")
 ib = require_imagebind()
 
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASSES = ["cat", "dog"]
 

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.data import ROOT
 
 from cmcl.config import compose, load
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENCODERS = {"imagebind": (1024, 1e-4), "languagebind": (768, 1e-3), "unibind": (1024, 1e-4)}
 SEQUENCE = [("ucf101", ["text", "video"]), ("esc50", ["text", "audio"]),

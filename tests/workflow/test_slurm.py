@@ -7,8 +7,8 @@ with `--cores 2` in another; the Slurm run also runs a 2-worker Optuna sweep (tw
 one journal). Needs root (daemons, /etc/slurm/slurm.conf); skipped otherwise.
 
 In CI (the default test set): every job starts two snakemake processes and one
-`python -m cmcl`, and the executor plugin polls at growing intervals, so on 2 cores the module
-takes a few minutes; the tiny matrix is kept to one method.
+`python -m cmcl`, and the executor plugin polls at growing intervals, so the tiny matrix is kept
+to one method.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 from helpers import slurm as slurm_cluster
+from helpers.data import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 TIMEOUT = 900  # seconds for one snakemake run; killed with SIGKILL after that
 # not resources and check: `localrules` (Snakefile), run by the submitting snakemake

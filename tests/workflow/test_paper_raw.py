@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.data import ROOT
 
 from cmcl.config import load
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAW = "pipeline/params/imagebind_raw.yaml"
 CKPT = "data/models/imagebind_huge.pth"
