@@ -15,13 +15,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 KINDS = ("unit", "integration", "workflow")  # tests/<kind>/: the marker every test there gets
 
 
+def _kind(item) -> str | None:
+    here = Path(__file__).parent
+    rel = item.path.relative_to(here).parts if item.path.is_relative_to(here) else ()
+    return rel[0] if rel and rel[0] in KINDS else None
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
     for item in items:
-        rel = item.path.relative_to(here).parts if item.path.is_relative_to(here) else ()
-        if rel and rel[0] in KINDS:
-            item.add_marker(rel[0])
+        if _kind(item):
+            item.add_marker(_kind(item))
+    # fast feedback first: unit, integration, then workflow (stable: modules stay contiguous)
+    items.sort(key=lambda item: KINDS.index(_kind(item)) if _kind(item) else len(KINDS))
 
 
 @pytest.fixture
