@@ -1,11 +1,12 @@
 """Orchestration overhead: `snakemake -n` on a large experiment matrix, no-op `dvc repro`.
 
 (a) `snakemake -n --configfile matrix.yaml` in a temp copy of the workflow (as
-    tests/test_workflow.py makes it: Snakefile, dvc.yaml, pipeline/, src/, params.yaml), with an
-    override of 11 tasks (the digits corpus's 4 tasks repeated under new names) x 10 methods x
-    10 seeds: 1,100 train + 1,200 evaluate jobs, ~2,450 in all. The dry run must succeed and plan
-    exactly that many train jobs. Anchor: `snakemake -n` of the default params.yaml (2 methods
-    x 3 seeds x 4 steps) in the same copy, and `snakemake --version` (interpreter start-up).
+    tests/workflow/test_workflow.py makes it: Snakefile, dvc.yaml, pipeline/, src/,
+    params.yaml), with an override of 11 tasks (the digits corpus's 4 tasks repeated under new
+    names) x 10 methods x 10 seeds: 1,100 train + 1,200 evaluate jobs, ~2,450 in all. The dry
+    run must succeed and plan exactly that many train jobs. Anchor: `snakemake -n` of the
+    default params.yaml (2 methods x 3 seeds x 4 steps) in the same copy, and `snakemake
+    --version` (interpreter start-up).
 (b) No-op `dvc repro` of the full pipeline (both dvc.yaml stages) in a temp copy: `dvc init
     --no-scm`, one real `dvc repro` on a tiny params file (1 task, 1 method, 1 seed), then the
     second `dvc repro` is timed (it must report nothing changed). Anchor: `dvc version`.

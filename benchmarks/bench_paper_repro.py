@@ -6,8 +6,8 @@ their heads, loss and DNS hooks (cmcl/dns.py: `update_gradients` from an `on_pre
 callback, `post_step` covariance update; the authors' module itself needs their data and model
 packages, so this re-states its few lines). "cmcl" is `fit_task` with `train.preset: paper`,
 finetune and DNS `placement: faithful`. The shuffling differs, so the two agree to seed noise,
-not bit for bit (tests/test_paper_reproduction.py checks bitwise agreement with the same
-batches). Features: 3 tasks where text skips task 2 and returns in task 3, Gaussian with a
+not bit for bit (tests/integration/test_paper_reproduction.py checks bitwise agreement with the
+same batches). Features: 3 tasks where text skips task 2 and returns in task 3, Gaussian with a
 spectrum that straddles the authors' input threshold 0.1, partners a per-task rotation near
 the identity plus noise (frozen encoders' features start aligned).
 
