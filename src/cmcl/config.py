@@ -13,7 +13,7 @@ import jsonschema
 
 from cmcl.catalog import methods as catalog
 from cmcl.catalog import resolve_options
-from cmcl.corpora import task_class_problems
+from cmcl.corpora import adapter_names, task_class_problems
 from cmcl.encoders import ENCODERS
 from cmcl.params_file import ParamsError, deep_merge, read_params
 from cmcl.schema import SCHEMA, fill_defaults, load_schema  # noqa: F401  (SCHEMA re-exported)
@@ -118,7 +118,12 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
         for e in jsonschema.Draft202012Validator(train_schema).iter_errors(merged):
             problems.append(f"overrides.{m}.train.{_path(e)}: {e.message}")
         problems += _warmup_problems(f"overrides.{m}.train", merged)
+    adapters = adapter_names()
     for name, c in params["corpora"].items():
+        if c["adapter"] not in adapters:
+            problems.append(f"corpora.{name}.adapter: '{c['adapter']}' is not a corpus adapter "
+                            f"({adapters}); an adapter is a module of cmcl/corpora declaring "
+                            "@register_adapter(\"<name>\")")
         if not c.get("builtin") and not Path(c["path"]).is_dir():
             problems.append(f"corpora.{name}.path: folder '{c['path']}' does not exist "
                             "(and no `builtin` corpus is named to create it)")

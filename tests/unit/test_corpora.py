@@ -104,3 +104,32 @@ def test_a_sample_in_both_splits_stops_the_adapter(make, tmp_path, monkeypatch):
         rows(make.__name__, root)
     assert shown in str(e.value) and f"corpus '{make.__name__}'" in str(e.value)
     assert not decoded  # found from the metadata, before any file is read
+
+
+def test_adapters_declared_in_the_sources_are_those_registered():
+    """Start-up knows the adapter names without importing them; open_corpus registers every
+    module of the package, so an adapter is one new file (no list to extend)."""
+    import subprocess
+    import sys
+
+    from cmcl.corpora import ADAPTERS, _register_all, adapter_names
+
+    _register_all()
+    assert adapter_names() == sorted(ADAPTERS)
+    assert {"generic", "features_h5", "ucf101", "llvip"} <= set(adapter_names())
+    code = ("import sys\nfrom cmcl.corpora import adapter_names\nadapter_names()\n"
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unknown_adapter_is_refused_at_startup_naming_the_key(tmp_path):
+    import yaml
+    from helpers.data import ROOT
+
+    from cmcl.config import ParamsError, check
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["corpora"]["mine"] = {"path": str(tmp_path), "adapter": "ucf_101"}
+    with pytest.raises(ParamsError, match=r"corpora.mine.adapter: 'ucf_101' is not a corpus "
+                                          r"adapter \(\['clotho', "):
+        check(p)

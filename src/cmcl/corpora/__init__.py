@@ -7,7 +7,10 @@ samples, so a new dataset layout is one new adapter module registered here.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +143,23 @@ def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
     return deco
 
 
+# an adapter module declares itself with this decorator line, which start-up reads statically
+DECLARED = re.compile(r'^@register_adapter\("([A-Za-z0-9_]+)"\)', re.M)
+
+
+def adapter_names() -> list[str]:
+    """Every adapter a module of this package declares, read from the sources: known at
+    start-up without importing them (some load torch or media libraries)."""
+    return sorted({n for f in Path(__file__).parent.glob("*.py")
+                   for n in DECLARED.findall(f.read_text(encoding="utf-8"))})
+
+
+def _register_all() -> None:
+    """Import every module of this package once, so an adapter is one new file here."""
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
 def open_corpus(name: str, path: str | Path, adapter: str = "generic",
                 options: dict | None = None):
     """Return (info, samples) for the corpus at `path`; `samples(split=None, workers=1)`.
@@ -148,8 +168,7 @@ def open_corpus(name: str, path: str | Path, adapter: str = "generic",
     An adapter whose factory takes no arguments (written before splits were passed) still
     works: its samples are filtered by split here, and built in one process.
     """
-    from cmcl.corpora import features_h5, generic, paper  # noqa: F401  (registers adapters)
-
+    _register_all()
     if adapter not in ADAPTERS:
         raise ValueError(f"corpus '{name}': unknown adapter '{adapter}'; known: {sorted(ADAPTERS)}")
     path = Path(path)
