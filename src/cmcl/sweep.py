@@ -10,6 +10,7 @@ pruned there. The first step of a method whose first task does not depend on the
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -158,6 +159,59 @@ class ChainRunner:
             return [score_task(fn, "text" in model.in_dims, t, self.data[t["name"]][1], ec, norm)
                     for t in self.tasks()]
 
+    def _step_strategy(self, cfg: Mapping, model, state: Path | None, step: int, det: bool):
+        """A step's strategy as train_step builds it: seeded with the step's seed, then the
+        previous step's saved state (its RNG states included), so a trial scores what the
+        pipeline would train."""
+        set_seed(step_seed(self.seed, step), deterministic=det)
+        strategy = get_strategy(self.method, cfg)
+        strategy.load_state(state, model)
+        return strategy
+
+    def _chain(self, cfg: Mapping, model, tasks: list[dict], metric: str, det: bool,
+               run_dir: Path, trial: optuna.Trial | None) -> list[list[float]]:
+        """The accuracy rows of one chain: step 0, then each step trained and scored."""
+        strategy = get_strategy(self.method, cfg)  # step 0: untrained heads, no state
+        strategy.load_state(None, model)
+        rows = [[s[metric] for s in self._scores(model, strategy, cfg)]]
+        if discover()[self.method].joint:  # one step T over the union, as the pipeline runs it
+            n = len(tasks)
+            strategy = self._step_strategy(cfg, model, None, n, det)
+            parts = [(t, *(torch.from_numpy(self.data[t["name"]][0][k])
+                           for k in (*t["modalities"], "labels"))) for t in tasks]
+            model, _ = fit_tasks(model, strategy, cfg, parts, n, self.seed, self.acc)
+            rows += [[float("nan")] * n] * (n - 1) + [
+                [s[metric] for s in self._scores(model, strategy, cfg)]]
+            if trial is not None:
+                trial.report(float(np.mean(rows[-1])), n)
+            return rows
+        state: Path | None = None
+        for step, task in enumerate(tasks, start=1):
+            key = self._first_step_key(cfg) if step == 1 else None
+            if key is not None and key in self.cache:
+                weights, state = self.cache[key]
+                model.load_state_dict(weights)
+                strategy = get_strategy(self.method, cfg)
+                strategy.load_state(state, model)
+            else:
+                strategy = self._step_strategy(cfg, model, state, step, det)
+                tr = self.data[task["name"]][0]
+                a, b = task["modalities"]
+                model, _ = fit_task(model, strategy, cfg, task, step, self.seed,
+                                    torch.from_numpy(tr[a]), torch.from_numpy(tr[b]),
+                                    torch.from_numpy(tr["labels"]), self.acc)
+                state = (self.tmp / key) if key is not None else run_dir / f"step{step}"
+                state.mkdir(exist_ok=True)
+                strategy.save_state(state)
+                if key is not None:
+                    self.cache[key] = (copy.deepcopy(model.state_dict()), state)
+            rows.append([s[metric] for s in self._scores(model, strategy, cfg)])
+            if trial is not None:
+                trial.report(float(np.mean(rows[-1][:step])), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after task {step}")
+        return rows
+
     def run(self, cfg: Mapping, trial: optuna.Trial | None = None) -> dict:
         """Train the whole chain with `cfg`; return objective, accuracy matrix and metrics."""
         cfg = complete({**cfg, **method_params(cfg, self.method),
@@ -168,45 +222,14 @@ class ChainRunner:
         dims = {}
         for t in tasks:
             dims.update(self.data[t["name"]][0]["meta"]["dims"])
-        set_seed(self.seed, deterministic=cfg["train"]["deterministic"])
+        det = cfg["train"]["deterministic"]
+        set_seed(self.seed, deterministic=det)
         model = new_model(cfg["model"], dims, self.seed)
-        strategy = get_strategy(self.method, cfg)
-        strategy.load_state(None, model)
-        rows = [[s[metric] for s in self._scores(model, strategy, cfg)]]
-        if discover()[self.method].joint:  # one step T over the union, as the pipeline runs it
-            n = len(tasks)
-            set_seed(step_seed(self.seed, n), deterministic=cfg["train"]["deterministic"])
-            parts = [(t, *(torch.from_numpy(self.data[t["name"]][0][k])
-                           for k in (*t["modalities"], "labels"))) for t in tasks]
-            model, _ = fit_tasks(model, strategy, cfg, parts, n, self.seed, self.acc)
-            rows += [[float("nan")] * n] * (n - 1) + [
-                [s[metric] for s in self._scores(model, strategy, cfg)]]
-            if trial is not None:
-                trial.report(float(np.mean(rows[-1])), n)
-            tasks = []
-        for step, task in enumerate(tasks, start=1):
-            key = self._first_step_key(cfg) if step == 1 else None
-            if key is not None and key in self.cache:
-                weights, state_dir = self.cache[key]
-                model.load_state_dict(weights)
-                strategy.load_state(state_dir, model)
-            else:
-                set_seed(step_seed(self.seed, step), deterministic=cfg["train"]["deterministic"])
-                tr = self.data[task["name"]][0]
-                a, b = task["modalities"]
-                model, _ = fit_task(model, strategy, cfg, task, step, self.seed,
-                                    torch.from_numpy(tr[a]), torch.from_numpy(tr[b]),
-                                    torch.from_numpy(tr["labels"]), self.acc)
-                if key is not None:
-                    state_dir = self.tmp / key
-                    state_dir.mkdir(exist_ok=True)
-                    strategy.save_state(state_dir)
-                    self.cache[key] = (copy.deepcopy(model.state_dict()), state_dir)
-            rows.append([s[metric] for s in self._scores(model, strategy, cfg)])
-            if trial is not None:
-                trial.report(float(np.mean(rows[-1][:step])), step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after task {step}")
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.tmp))
+        try:
+            rows = self._chain(cfg, model, tasks, metric, det, run_dir, trial)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
         a = np.asarray(rows, dtype=float)
         cm = continual_metrics(a)
         bwt = 0.0 if np.isnan(cm["bwt"]) else cm["bwt"]
