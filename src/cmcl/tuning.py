@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from cmcl.catalog import methods as catalog_methods
+from cmcl.method_info import resolve_options
 from cmcl.params_file import ParamsError, deep_merge, read_params
 
 # keys of a tuned file that are params; `record` says how the values were obtained
@@ -148,13 +149,20 @@ def tune_cfg(params: Mapping, sequence: str, method: str, space: Mapping | None 
     over = dict(params.get("overrides", {}).get(method, {}))
     if "train" in over:
         over["train"] = _without(over["train"], train_keys)
+        if not over["train"]:  # only swept keys: as if never given
+            del over["train"]
+    # the options with their defaults filled, so options given (a tuned file) and options left
+    # to their defaults name the same study
+    opts = dict(params.get("methods", {}).get(method, {}))
+    info = catalog_methods().get(method)  # None: registered at run time (tests), not catalogued
+    opts = resolve_options(info, opts) if info else opts
     cfg = {
         "tasks": {t: params["tasks"][t] for t in names},
         "sequences": {sequence: list(names)},
         **{k: params[k] for k in ("corpora", "shard", "embed", "model", "loss", "eval")
            if k in params},
         "train": {**params["train"], "methods": [method], "seeds": params["train"]["seeds"][:1]},
-        "methods": {method: _without(params.get("methods", {}).get(method, {}), opt_keys)},
+        "methods": {method: _without(opts, opt_keys)},
         "overrides": {method: over} if over else {},
         "budget": params.get("budget"),
         "sweep": {"study": f"tune-{sequence}-{method}", "method": method, "sequence": sequence,

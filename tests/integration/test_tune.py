@@ -239,3 +239,22 @@ def test_a_trial_scores_what_the_pipeline_trains(setup, tmp_path, method):
     cfg["methods"][method] = p["methods"].get(method, {})  # the values the pipeline ran
     res = ChainRunner(cfg, load_chain_data(cfg, d / "features", "test"), seed=1).run(cfg)
     assert res["matrix"] == rows  # same code, same order of operations: equal bit for bit
+
+
+def test_adopting_tuned_values_restarts_no_study(setup):
+    """A tuned file sets a method's swept options and train keys: its study keeps its name and
+    its workers' params, so adopting the values reruns and restarts nothing (DNS has options
+    outside its space, which a tuned file brings in with their defaults)."""
+    from cmcl import stages
+
+    _, raw = setup
+    raw = {**raw, "train": {**raw["train"], "methods": ["finetune", "dns"]}}
+    before = check(raw)
+    tuned = check({**raw, "methods": {"dns": {"threshold_in": 0.01, "threshold_out": 0.02}},
+                   "overrides": {"dns": {"train": {"lr": 0.01}},
+                                 "finetune": {"train": {"lr": 0.02}}}})
+    for method in ("dns", "finetune"):
+        assert study_name(tune_cfg(tuned, "s", method)) == \
+            study_name(tune_cfg(before, "s", method)), method
+        assert stages.tune(tuned, "s", method).params() == \
+            stages.tune(before, "s", method).params(), method
