@@ -194,3 +194,18 @@ def test_generic_corpus_classes_resolve_from_corpus_json(corpus):
         check(p)
     p["tasks"]["mine_ti"]["classes"] = [1, 7]  # no class list: any index may be a label
     assert check(p)["tasks"]["mine_ti"]["classes"] == [1, 7]
+
+
+def test_sections_with_a_default_for_every_key_may_be_left_out():
+    """An `extends: null` file needs only what has no default: corpora, tasks, sequences,
+    embed (its encoders) and train (the matrix)."""
+    full = load(ROOT / "params.yaml")
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in ("shard", "model", "loss", "eval", "report"):
+        p.pop(key)
+    got = check(p)
+    for key in ("shard", "loss", "eval"):
+        assert got[key] == full[key], key
+    assert got["model"]["embed_dim"] == 64 and got["report"]["main_metric"] == "map"
+    with pytest.raises(ParamsError, match="'embed' is a required property"):
+        check({k: v for k, v in p.items() if k != "embed"})
