@@ -52,6 +52,12 @@ include: "pipeline/rules/resources.smk"
 localrules: all, check, resources, sweep, tune, tune_export
 
 
+onerror:  # plain `snakemake` prints only where a failed job's log is: print what it says
+    from cmcl.preflight import failed_job_errors
+
+    print(failed_job_errors(log), file=sys.stderr)
+
+
 rule all:
     input:
         "reports/metrics.json",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -67,3 +68,39 @@ def run_lock_problem(argv: list[str], folder: str | Path = ".snakemake") -> str 
     f.flush()
     _HELD.append(f)
     return None
+
+
+FAILED_RULE = re.compile(r"^Error in rule (\S+):$")
+JOB_LOG = re.compile(r"^\s+log: (.+?) \(check log file")
+
+
+def failed_job_errors(snakemake_logs: list[str] | str, lines: int = 3) -> str:
+    """What the failed jobs said, for the console: for each `log:` of an `Error in rule` in
+    Snakemake's own log, that job log's error lines (cmcl names the file, key or sample there),
+    since plain `snakemake` prints only the shell command and where the log is."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for path in [snakemake_logs] if isinstance(snakemake_logs, str) else snakemake_logs:
+        try:
+            text = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        rule = None
+        for line in text:
+            if m := FAILED_RULE.match(line):
+                rule = m.group(1)
+            elif rule and (m := JOB_LOG.match(line)):
+                for log in (s.strip() for s in m.group(1).split(",")):
+                    if log in seen:
+                        continue
+                    seen.add(log)
+                    try:
+                        said = [s for s in Path(log).read_text(errors="replace").splitlines()
+                                if s.strip()]
+                    except OSError:
+                        said = ["(no log file written)"]
+                    errors = [s for s in said if s.startswith("cmcl ") and "error" in s]
+                    out.append(f"cmcl: rule {rule} failed; {log} says:")
+                    out += [f"  {s}" for s in (errors or said)[-lines:]]
+                rule = None
+    return "\n".join(out)

@@ -220,3 +220,23 @@ def test_dvc_plots_name_columns_the_report_writes(project):
         ((path, spec),) = entry.items()
         columns = set(pd.read_csv(project / path, nrows=1).columns)
         assert {spec["x"], spec["y"]} <= columns, (path, spec, columns)
+
+
+def test_a_failed_job_says_why_on_the_console(project, tmp_path):
+    """Plain `snakemake` names only a failed job's log; the Snakefile's onerror prints the
+    job's own error line (file, sample, what to do) on stderr."""
+    from helpers.data import make_corpus
+
+    corpus = make_corpus(tmp_path / "dup")
+    manifest = corpus / "manifest.jsonl"
+    first = manifest.read_text().splitlines()[0]
+    manifest.write_text(manifest.read_text() + first + "\n")  # one id twice
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "corpora": {"dup": {"path": str(corpus)}},
+        "tasks": {"dup_t": {"corpus": "dup", "modalities": ["text", "image"]}}}))
+    p = run([f"{BIN}/snakemake", "--cores", "1", "data/shards/dup_t/test", "--configfile",
+             str(cfg)], project, check=False)
+    assert p.returncode != 0
+    assert "cmcl: rule shard failed; logs/shard/dup_t_test.log says:" in p.stderr
+    assert "have the same id 'i00'" in p.stderr, p.stderr[-3000:]
