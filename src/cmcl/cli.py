@@ -165,7 +165,12 @@ def cmd_compare(a) -> None:
             raise SystemExit(f"compare: no method '{name}' in the metrics ({sorted(m)})")
     ea, eb = ma[a.a], mb[a.b]
     # default: every score the file summarises (map, R@k for its eval.ks, zero-shot)
-    wanted = a.metric or sorted({k[: -len("_final_avg")] for k in ea if k.endswith("_final_avg")})
+    have = sorted({k[: -len("_final_avg")] for k in ea if k.endswith("_final_avg")})
+    missing = [m for m in a.metric or () if m not in have]
+    if missing:
+        raise SystemExit(f"compare: no score {missing} in the metrics (they hold {have}: "
+                         "R@k for each k of the run's eval.ks)")
+    wanted = a.metric or have
     keys = [k for k in ea if not k.endswith(("_std", "_ci95")) and k != "n_seeds" and k in eb
             and any(k.startswith(f"{m}_") for m in wanted)]
     la, lb = f"{a.a}", f"{a.b}" + (f" ({a.metrics_b})" if a.metrics_b else "")
