@@ -10,6 +10,7 @@ and byte range, so readers can seek instead of scanning. Tars are standard WebDa
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 from collections import defaultdict
@@ -132,7 +133,10 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
                 rec[f"{m}.{ext}"] = payload
             yield rec
 
-    pairs = iter_pairs(task, good(samples(split, workers=workers)), split,
+    # only the task's modalities are read, where the adapter can tell (cmcl.corpora.media)
+    only = ({"modalities": list(task["modalities"])}
+            if "modalities" in inspect.signature(samples).parameters else {})
+    pairs = iter_pairs(task, good(samples(split, workers=workers, **only)), split,
                        corpus.get("seed", 0), max_per_class)
     with atomic_dir(out_dir) as tmp:
         n = sum(write_shards(tmp, records(pairs), samples_per_shard, "", max_shard_bytes,

@@ -184,3 +184,23 @@ def test_non_utf8_manifest_names_file_and_line(tmp_path):
     c.write_bytes(b"id,split,text\na,train,ok\nb,train,caf\xe9\n")
     with pytest.raises(ValueError, match=rf"{c}:3: not UTF-8 text \(byte 0xe9 at column 12\)"):
         read_rows(c)
+
+
+def test_a_task_reads_and_verifies_only_its_own_modalities(tmp_path):
+    """A cut image stops the tasks that use images, not a text-audio task of the same rows
+    (which used to fail, or with on_error: skip lose those rows)."""
+    from helpers.data import make_corpus
+
+    from cmcl.shards import shard_task
+
+    corpus = make_corpus(tmp_path / "c")
+    png = corpus / "img/1_3.png"
+    png.write_bytes(png.read_bytes()[:40])
+    audio = {"name": "ta", "corpus": "c", "modalities": ["text", "audio"]}
+    image = {"name": "ti", "corpus": "c", "modalities": ["text", "image"]}
+    assert shard_task(audio, {"path": str(corpus)}, "train", tmp_path / "a") == 16
+    with pytest.raises(ValueError, match=r"sample 'i13': image file .*img/1_3.png is unreadable"):
+        shard_task(image, {"path": str(corpus)}, "train", tmp_path / "i")
+    kept = shard_task(image, {"path": str(corpus), "options": {"on_error": "skip"}}, "train",
+                      tmp_path / "s")
+    assert kept == 15

@@ -162,8 +162,9 @@ def label_index(value, classes: list[str] | None, f: Path, sid: str) -> int | No
 @register_adapter("generic")
 def generic(name: str, path: Path, **options):
     """Options: `on_error: raise|skip` (skip lists bad samples in each task's rejected.jsonl);
-    `verify` (default true): decode every image, audio, video and .npy file once while
-    sharding, so a corrupt or truncated one is named (corpus, sample, file) or skipped there.
+    `verify` (default true): decode every image, audio, video and .npy file of the task's
+    modalities once while sharding, so a corrupt or truncated one is named (corpus, sample,
+    file) or skipped there; files of modalities the task does not pair are not read.
     `verify: false` copies the bytes unread, faster for trusted data; a bad file then only
     fails in `embed`, named by its shard member, and cannot be skipped."""
 
@@ -185,7 +186,7 @@ def generic(name: str, path: Path, **options):
     info = CorpusInfo(name, kinds, meta.get("classes"), meta.get("templates"))
     reader = Reader(name, path, opts["verify"])
 
-    def build(item: tuple[str, dict]) -> Sample:
+    def build(item: tuple[str, dict], wanted: frozenset[str] | None = None) -> Sample:
         sid, row = item
         try:
             s = Sample(sid, str(row["split"]), label_index(row.get("label"), info.classes, f,
@@ -194,7 +195,7 @@ def generic(name: str, path: Path, **options):
             raise SampleError(str(e), sid) from None
         for mod, kind in kinds.items():
             value = row.get(mod)
-            if value is None or value == "":
+            if value is None or value == "" or (wanted is not None and mod not in wanted):
                 continue
             if kind == "inline":
                 s.data[mod] = ("txt", str(value))

@@ -10,6 +10,8 @@ Decoding libraries (soundfile, PyAV) are imported only when a probe or an extrac
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import itertools
 import logging
@@ -368,16 +370,19 @@ def iterate(rows: Iterable, build: Callable[[Any], Sample], on_error: str,
 def stream(rows: Iterable | Callable[[], Iterable], build: Callable[[Any], Sample],
            on_error: str, split_of: Callable[[Any], str],
            id_of: Callable[[Any], str] | None = None, where: str = "corpus") -> SampleFactory:
-    """An adapter's sample factory: `samples(split=None, workers=1)`.
+    """An adapter's sample factory: `samples(split=None, workers=1, modalities=None)`.
 
     `split_of(row)` reads a row's split from the metadata alone, so asking for one split never
-    reads or decodes the files of the others (VGGSound, UCF101: most of the bytes). With
+    reads or decodes the files of the others (VGGSound, UCF101: most of the bytes). A `build`
+    taking `wanted` is told the task's `modalities`, so it reads (and verifies) only those: a
+    bad image does not stop a text-audio task. With
     `id_of(row)` (the sample id, from the metadata too), a sample id listed in two splits
     (train/test overlap) stops the first call, before any file is read.
     """
     checked: list[bool] = []
 
-    def samples(split: str | None = None, workers: int = 1) -> Iterator[Sample]:
+    def samples(split: str | None = None, workers: int = 1,
+                modalities: Iterable[str] | None = None) -> Iterator[Sample]:
         if id_of is not None and not checked:
             by_split: dict[str, list[str]] = {}
             for r in (rows() if callable(rows) else rows):
@@ -387,7 +392,10 @@ def stream(rows: Iterable | Callable[[], Iterable], build: Callable[[Any], Sampl
         chosen = rows() if callable(rows) else rows
         if split is not None:
             chosen = (r for r in chosen if split_of(r) == split)
-        return iterate(chosen, build, on_error, workers)
+        fn = build
+        if modalities is not None and "wanted" in inspect.signature(build).parameters:
+            fn = functools.partial(build, wanted=frozenset(modalities))
+        return iterate(chosen, fn, on_error, workers)
 
     return samples
 
