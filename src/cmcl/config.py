@@ -16,7 +16,7 @@ from cmcl.catalog import resolve_options
 from cmcl.corpora import adapter_names, task_class_problems
 from cmcl.encoders import ENCODERS
 from cmcl.params_file import ParamsError, deep_merge, read_params
-from cmcl.schema import SCHEMA, fill_defaults, load_schema  # noqa: F401  (SCHEMA re-exported)
+from cmcl.schema import SCHEMA, fill_defaults, load_schema, message  # noqa: F401  (SCHEMA re-exported)
 from cmcl.tuning import apply_budget, merge_tuned, tune_problems
 
 
@@ -35,7 +35,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params),
                     key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"  {_path(e)}: {e.message}" for e in errors[:10]]
+        lines = [f"  {_path(e)}: {message(e)}" for e in errors[:10]]
         raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(lines))
     params["train"] = expand_preset(params["train"])
     train_defaults = {k: v.get("default")
@@ -104,7 +104,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
                                 "set it under train")
         merged = {**params["train"], **spec["train"]}
         for e in jsonschema.Draft202012Validator(train_schema).iter_errors(merged):
-            problems.append(f"{where}.train.{_path(e)}: {e.message}")
+            problems.append(f"{where}.train.{_path(e)}: {message(e)}")
         problems += _warmup_problems(f"{where}.train", merged)
     for m, o in params["overrides"].items():
         if m not in runs:
@@ -116,7 +116,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
                                 "set it under train")
         merged = {**params["train"], **variants.get(m, {}).get("train", {}), **o.get("train", {})}
         for e in jsonschema.Draft202012Validator(train_schema).iter_errors(merged):
-            problems.append(f"overrides.{m}.train.{_path(e)}: {e.message}")
+            problems.append(f"overrides.{m}.train.{_path(e)}: {message(e)}")
         problems += _warmup_problems(f"overrides.{m}.train", merged)
     adapters = adapter_names()
     for name, c in params["corpora"].items():

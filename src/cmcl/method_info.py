@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cmcl.schema import message
+
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -37,7 +39,7 @@ def resolve_options(info: MethodInfo, given: dict, where: str | None = None) -> 
                 out[key] = sub["default"]
     errors = list(jsonschema.Draft202012Validator(info.schema()).iter_errors(out))
     if errors:
-        lines = [f"  {'.'.join([where, *map(str, e.absolute_path)])}: {e.message}"
+        lines = [f"  {'.'.join([where, *map(str, e.absolute_path)])}: {message(e)}"
                  + (f" ({e.schema['$comment']})" if isinstance(e.schema, dict)
                     and "$comment" in e.schema else "")
                  for e in errors]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,3 +60,18 @@ def complete(cfg: dict) -> dict:
         if sub is not None and isinstance(value, dict):
             fill_defaults(sub, value, schema)
     return out
+
+
+def message(err: Any) -> str:
+    """A jsonschema error's message; a misspelt key also gets the closest allowed one."""
+    if err.validator != "additionalProperties" or not isinstance(err.instance, dict):
+        return err.message
+    allowed = list(err.schema.get("properties", {}))
+    close = {k: m[0] for k in err.instance if k not in allowed
+             and (m := difflib.get_close_matches(k, allowed, n=1, cutoff=0.7))}
+    if not close:
+        return err.message
+    if len(close) == 1:
+        return err.message + f" (did you mean '{next(iter(close.values()))}'?)"
+    return err.message + " (did you mean " + ", ".join(
+        f"'{m}' for '{k}'" for k, m in close.items()) + "?)"

@@ -209,3 +209,18 @@ def test_sections_with_a_default_for_every_key_may_be_left_out():
     assert got["model"]["embed_dim"] == 64 and got["report"]["main_metric"] == "map"
     with pytest.raises(ParamsError, match="'embed' is a required property"):
         check({k: v for k, v in p.items() if k != "embed"})
+
+
+def test_a_misspelt_key_gets_the_closest_allowed_one():
+    p = params(dns={"threshhold_in": 0.1})
+    p["train"]["epoch"] = 2
+    with pytest.raises(ParamsError, match=r"train: Additional properties are not allowed "
+                                          r"\('epoch' was unexpected\) "
+                                          r"\(did you mean 'epochs'\?\)"):
+        check(p)
+    with pytest.raises(ParamsError, match=r"methods.dns: .*'threshhold_in' was unexpected\) "
+                                          r"\(did you mean 'threshold_in'\?\)"):
+        check(params(dns={"threshhold_in": 0.1}))
+    with pytest.raises(ParamsError) as e:
+        check(params(dns={"zzz": 1}))
+    assert "did you mean" not in str(e.value)  # nothing close: no guess
