@@ -206,6 +206,18 @@ def _recalls(entry: Mapping) -> list[str]:
     return sorted((m for m in found if RECALL.fullmatch(m)), key=lambda m: int(m[1:]))
 
 
+def _trivial_recall(tasks: Sequence[Mapping], widest: str | None) -> str:
+    """A warning when the widest R@k is 100 by construction: a test split of at most k pairs
+    puts every item in the top k."""
+    if widest is None:
+        return ""
+    k = int(widest[1:])
+    small = [f"{t['name']} ({t['pairs']['test']} pairs)" for t in tasks
+             if isinstance(t.get("pairs", {}).get("test"), int) and t["pairs"]["test"] <= k]
+    return (f" R@{k} is 100 by construction on a task whose test split holds at most {k} pairs: "
+            f"{', '.join(small)}." if small else "")
+
+
 def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
                        means: dict[str, np.ndarray], main_metric: str, has_zs: bool) -> list[str]:
     names = [t["name"] for t in tasks]
@@ -242,7 +254,7 @@ def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
         f"directions)" + (f", BWT_R{widest[1:]} the backward transfer of R@{widest[1:]}"
                           if widest else "")
         + (", ZS-Acc the final average zero-shot accuracy" if has_zs else "")
-        + f". Values in percent, mean ± std over {seed_text}.",
+        + f". Values in percent, mean ± std over {seed_text}." + _trivial_recall(tasks, widest),
         "", "### Figures", "",
         f"![Stability vs plasticity](plots/{seq}/stability_plasticity.png)", "",
         f"![{main_metric} over steps](plots/{seq}/scores_over_steps.png)", "",

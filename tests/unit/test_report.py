@@ -165,3 +165,14 @@ def test_html_rendering_is_self_contained(built):
     assert html.startswith("<!doctype html>") and "<table>" in html
     assert html.count("data:image/png;base64,iVBOR") >= 4  # every figure inlined as a PNG
     assert "plots/" not in html  # no link that breaks when the file is mailed
+
+
+def test_a_trivial_widest_recall_is_flagged(tmp_path):
+    """R@10 on a test split of at most 10 pairs is 100 whatever the model: the report says so."""
+    tasks = [dict(t, pairs={"train": 40, "test": 8 if t["name"] == "esc" else 50}) for t in TASKS]
+    build_report(_synthetic(), {"s": tasks}, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "R@10 is 100 by construction on a task whose test split holds at most 10 pairs: " \
+           "esc (8 pairs)." in md
+    build_report(_synthetic(), {"s": TASKS}, tmp_path / "b")  # sizes unknown: no claim
+    assert "by construction" not in (tmp_path / "b/report.md").read_text()
