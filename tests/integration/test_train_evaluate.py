@@ -63,24 +63,14 @@ def test_train_refuses_a_modality_without_head(features, tmp_path):
     assert not (tmp_path / "s1").exists()
 
 
-def test_eval_ks_with_20_reaches_metrics_json_and_report(corpus, tmp_path):
+def test_eval_ks_with_20_reaches_metrics_json_and_report(features, tmp_path):
     """eval.ks [1, 5, 20]: evaluate writes R@20, the report summarises and prints it."""
-    from cmcl.embed import embed_split
     from cmcl.evaluate import evaluate_step
     from cmcl.report import build_report
-    from cmcl.shards import shard_task
     from cmcl.train import init_step, train_step
 
-    task = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class",
-            "relevance": "label"}
-    for split in ("train", "test"):
-        shard_task(task, {"path": str(corpus)}, split, tmp_path / f"s_{split}")
-        embed_split(tmp_path / f"s_{split}", tmp_path / f"f_{split}",
-                    {"image": "pixels", "audio": "mfcc_stats"})
-    cfg = {"model": {"embed_dim": 8}, "loss": {}, "methods": {},
-           "train": {"epochs": 1, "batch_size": 8, "lr": 0.05, "weight_decay": 0.0,
-                     "grad_clip": 1.0},
-           "eval": {"ks": [1, 5, 20], "n_subsets": 1, "subset_size": 100}}
+    task, _, _ = features
+    cfg = {**CFG, "train": {**CFG["train"], "epochs": 1}, "eval": {**CFG["eval"], "ks": [1, 5, 20]}}
     init_step(cfg, "finetune", 0, [tmp_path / "f_train"], tmp_path / "step0")
     train_step(cfg, "finetune", 0, 1, task, tmp_path / "f_train", tmp_path / "step0",
                tmp_path / "step1")
