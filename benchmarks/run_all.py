@@ -30,8 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 BENCHMARKS = ["subspace", "train", "paper_scale", "io", "orchestration"]
-# run only when named (--only reproduce): a cold `make reproduce` in a fresh clone, ~10 min
-OPT_IN = ["reproduce"]
+# run only when named (--only reproduce tar): a cold `make reproduce` in a fresh clone (~10 min);
+# the tar backends (CPU and disk only: no device, threads or quick mode either)
+OPT_IN = ["reproduce", "tar"]
 SCRIPTS = {name: HERE / f"bench_{name}.py" for name in BENCHMARKS + OPT_IN}
 SUBSPACE_QUICK = ["--steps", "3", "--warmup", "1", "--rounds", "1", "--profile-reps", "1",
                   "--dims", "256", "--samples", "2048", "--scaling-repeats", "1",
