@@ -2,16 +2,13 @@
 from pathlib import Path
 
 from cmcl import stages
-from cmcl.catalog import methods as method_catalog
 
 SEQUENCES = config["sequences"]  # name -> task list
 METHODS = config["train"]["methods"]
 SEEDS = config["train"]["seeds"]
-JOINT = {m for m in METHODS if method_catalog()[stages.base_method(config, m)].joint}
+JOINT = {m for m in METHODS if stages.is_joint(config, m)}
 BUILTIN_CORPORA = [n for n, c in config["corpora"].items() if c.get("builtin")]
-# tasks whose corpus holds pre-extracted features: imported, never sharded or embedded
-IMPORTED = [t for t, s in config["tasks"].items()
-            if config["corpora"][s["corpus"]].get("adapter") == "features_h5"]
+IMPORTED = [t for t in config["tasks"] if stages.imported(config, t)]
 EMBEDDED = [t for t in config["tasks"] if t not in IMPORTED]
 for _name in BUILTIN_CORPORA:
     if Path(config["corpora"][_name]["path"]) != Path("data/raw") / _name:

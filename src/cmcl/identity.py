@@ -20,7 +20,6 @@ NEUTRAL_TRAIN = {"preset": "default", "drop_last": True, "lr_schedule": "constan
                  "warmup_steps": 0, "warmup_fraction": 0, "decay_biases": True}
 
 
-
 def as_json(obj: Any) -> str:
     """Compact, key-sorted JSON: equal configs give equal strings (and digests)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -74,6 +73,8 @@ SHARD_IGNORES = {"not_output": ("shard.workers",),
                  "not_result": ("shard.samples_per_shard", "shard.max_shard_mb")}
 EMBED_IGNORES = {"not_output": ("embed.processes",), "not_result": ("embed.max_shard_mb",),
                  "neutral": {"embed.storage_dtype": None}}
+CHECKPOINTS = ("train.checkpoint_every",)  # how often a step saves: never its weights
 # a step reads the shared train section; the matrix (methods, seeds) is the wildcards' business
-TRAIN_IGNORES = {"not_output": ("train.checkpoint_every", "train.methods", "train.seeds"),
+MATRIX = ("train.methods", "train.seeds")
+TRAIN_IGNORES = {"not_output": (*CHECKPOINTS, *MATRIX),
                  "neutral": {f"train.{k}": v for k, v in NEUTRAL_TRAIN.items()}}

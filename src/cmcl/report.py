@@ -200,10 +200,14 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 RECALL = re.compile(r"r\d+")  # R@k score names, k from eval.ks
 
 
+def _by_k(names) -> list[str]:
+    """The R@k score names among `names`, by k."""
+    return sorted((m for m in set(names) if RECALL.fullmatch(m)), key=lambda m: int(m[1:]))
+
+
 def _recalls(entry: Mapping) -> list[str]:
     """The R@k names summarised in a method's metrics entry, by k."""
-    found = {k[: -len("_final_avg")] for k in entry if k.endswith("_final_avg")}
-    return sorted((m for m in found if RECALL.fullmatch(m)), key=lambda m: int(m[1:]))
+    return _by_k(k[: -len("_final_avg")] for k in entry if k.endswith("_final_avg"))
 
 
 def _trivial_recall(tasks: Sequence[Mapping], widest: str | None) -> str:
@@ -289,8 +293,7 @@ def _sequence_stats(df: pd.DataFrame, tasks: Sequence[Mapping], plots: Path,
     names = [t["name"] for t in tasks]
     present = set(df["metric"])
     if scores is None:  # as the rows have them: map, R@k by k, zero-shot
-        scores = ["map", *sorted((m for m in present if RECALL.fullmatch(m)),
-                                 key=lambda m: int(m[1:])), "zs_acc"]
+        scores = ["map", *_by_k(present), "zs_acc"]
     missing = [m for m in scores if m not in present and m != "zs_acc"]  # zs: text tasks only
     if missing:
         raise ValueError(f"build_report: no evaluation rows of metric(s) {missing} (eval.ks "
@@ -349,7 +352,6 @@ def _markdown_variants(variants: Mapping[str, Mapping]) -> list[str]:
 def _markdown_how(seq: str, methods: list[str], main_metric: str,
                   resources: Mapping | None, tuning: Mapping | None) -> list[str]:
     """The tuning record (when the run uses a file tuned on this sequence) and resources."""
-
     out = []
     if tuning and tuning.get("sequence") == seq:
         out += markdown_tuning(tuning, methods, main_metric)

@@ -21,7 +21,9 @@ from collections.abc import Mapping
 from cmcl.catalog import methods
 from cmcl.config import metric_names  # noqa: F401  (re-exported: the stage API)
 from cmcl.identity import (  # noqa: F401  (re-exported: the stage API)
+    CHECKPOINTS,
     EMBED_IGNORES,
+    MATRIX,
     SHARD_IGNORES,
     TRAIN_IGNORES,
     Stage,
@@ -35,6 +37,17 @@ from cmcl.tuning import tune_cfg
 def base_method(params: Mapping, run: str) -> str:
     """The registered method a member of train.methods runs (itself, or its variant's)."""
     return params.get("variants", {}).get(run, {}).get("method", run)
+
+
+def is_joint(params: Mapping, run: str) -> bool:
+    """Whether `run` trains once, as step T over the union of its sequence's tasks."""
+    return methods()[base_method(params, run)].joint
+
+
+def imported(params: Mapping, task: str) -> bool:
+    """Whether `task`'s corpus holds pre-extracted features: imported, never sharded or
+    embedded (adapter features_h5)."""
+    return params["corpora"][params["tasks"][task]["corpus"]].get("adapter") == "features_h5"
 
 
 def run_options(params: Mapping, run: str) -> dict:
@@ -75,7 +88,7 @@ def step_task(params: Mapping, sequence: str, method: str, step: int) -> dict:
     """What training step `step` of `method` on `sequence` trains on: one task, or all of them
     for a joint method (its single step T over the union)."""
     names = params["sequences"][sequence]
-    if methods()[base_method(params, method)].joint:
+    if is_joint(params, method):
         return {"name": "joint", "tasks": [task_spec(params, t) for t in names]}
     return task_spec(params, names[step - 1])
 
@@ -131,12 +144,10 @@ def run_key(params: Mapping, sequence: str, run: str) -> str:
     """Fingerprint of everything `run`'s numbers on `sequence` come from: the result identity
     of each stage feeding it (data, init, every step, evaluation) and the seeds averaged."""
     names = params["sequences"][sequence]
-    joint = methods()[base_method(params, run)].joint
-    steps = [len(names)] if joint else range(1, len(names) + 1)
-    feats = {"adapter", "features_h5"}
+    steps = [len(names)] if is_joint(params, run) else range(1, len(names) + 1)
     blob = {"data": {t: [shard(params, t).result_identity(),
-                         None if params["corpora"][params["tasks"][t]["corpus"]].get("adapter")
-                         in feats else embed(params, t).result_identity()] for t in names},
+                         None if imported(params, t) else embed(params, t).result_identity()]
+                     for t in names},
             "init": init(params, run).result_identity(),
             "steps": [train(params, sequence, run, s).result_identity() for s in steps],
             "evaluate": evaluate(params, sequence).result_identity(),
@@ -160,10 +171,9 @@ def check(params: Mapping) -> Stage:
 
 def report(params: Mapping) -> Stage:
     """The report: sequences, metric names (from eval.ks) and what each variant sets."""
-    cfg: dict = {"report": params["report"],
+    cfg: dict = {"report": params["report"], "metrics": metric_names(params),
                  "sequences": {s: [task_spec(params, t) for t in names]
                                for s, names in params["sequences"].items()}}
-    cfg["metrics"] = metric_names(params)
     variants = {v: {"method": spec["method"], "description": spec.get("description", ""),
                     "set": {**spec.get("given", {}), **spec["train"]}}
                 for v, spec in params["variants"].items() if v in params["train"]["methods"]}
@@ -172,10 +182,14 @@ def report(params: Mapping) -> Stage:
     return Stage("report", cfg)
 
 
+def sweep_sequence(params: Mapping) -> str:
+    """The sequence the study tunes on: sweep.sequence, else the first declared."""
+    return params["sweep"].get("sequence") or next(iter(params["sequences"]))
+
+
 def sweep_tasks(params: Mapping) -> list[str]:
-    """The task names of the sequence the study tunes on (sweep.sequence, else the first)."""
-    seq = params["sweep"].get("sequence") or next(iter(params["sequences"]))
-    return list(params["sequences"][seq])
+    """The task names of the sequence the study tunes on."""
+    return list(params["sequences"][sweep_sequence(params)])
 
 
 def sweep(params: Mapping) -> Stage:
@@ -185,8 +199,7 @@ def sweep(params: Mapping) -> Stage:
     a method or a seed never restarts the study)."""
     sw = params["sweep"]
     method, space = sw["method"], sw["space"]
-    names = sweep_tasks(params)
-    seq = params["sweep"].get("sequence") or next(iter(params["sequences"]))
+    names, seq = sweep_tasks(params), sweep_sequence(params)
     corpora = {params["tasks"][t]["corpus"] for t in names}
     values = {"sweep": sw, "model": params["model"], "loss": params["loss"],
               "eval": params["eval"], "train": method_params(params, method)["train"],
@@ -198,8 +211,8 @@ def sweep(params: Mapping) -> Stage:
               "corpora": {c: v for c, v in params.get("corpora", {}).items() if c in corpora},
               "embed": params.get("embed", {}), "shard": params.get("shard", {})}
     swept = tuple(k if "." in k else f"methods.{method}.{k}" for k in space)
-    return Stage("sweep", values, not_output=TRAIN_IGNORES["not_output"][:1],
-                 not_result=(*TRAIN_IGNORES["not_output"][1:], *SHARD_IGNORES["not_output"],
+    return Stage("sweep", values, not_output=CHECKPOINTS,
+                 not_result=(*MATRIX, *SHARD_IGNORES["not_output"],
                              *SHARD_IGNORES["not_result"], *EMBED_IGNORES["not_output"],
                              *EMBED_IGNORES["not_result"], "sweep.study", "sweep.n_trials",
                              "sweep.n_workers", "sweep.storage", "sweep.n_startup_trials", *swept),
@@ -211,7 +224,7 @@ def tune(params: Mapping, sequence: str, method: str) -> Stage:
     params reduced to its own inputs (cmcl.tuning.tune_cfg), so tuning one method never reruns
     another's workers."""
     return Stage("tune", tune_cfg(params, sequence, method),
-                 not_output=TRAIN_IGNORES["not_output"][:1], neutral=TRAIN_IGNORES["neutral"])
+                 not_output=CHECKPOINTS, neutral=TRAIN_IGNORES["neutral"])
 
 
 def tune_export(params: Mapping) -> Stage:
