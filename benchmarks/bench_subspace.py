@@ -200,7 +200,7 @@ def run_variant(kind: str, opts: dict, state: SubspaceState, device: torch.devic
     xa, xb = (torch.randn(n, D, generator=g) / D ** 0.5 for _ in range(2))
     cfg = {"train": {"epochs": 1, "batch_size": BATCH, "lr": 1e-4, "weight_decay": 1e-3,
                      "grad_clip": 1.0, "cpu": device.type == "cpu"},
-           "loss": {}, "methods": strat.cfg.get("methods", {})}
+           "loss": {}, "methods": dict(strat.cfg.methods)}
     t0 = time.perf_counter()
     _, log = fit_task(model, strat, cfg, {"name": "bench", "modalities": ("a", "b")}, 1, 0,
                       xa, xb, torch.arange(n))

@@ -35,8 +35,9 @@ from benchlib import CLOCKS, add_common_args, figure, median, save_result, setup
 from torch import nn
 
 from cmcl.io import atomic_dir, write_json
-from cmcl.losses import info_nce, resolve
+from cmcl.losses import info_nce
 from cmcl.models import MultiHead
+from cmcl.settings import LossSettings
 from cmcl.shards import npy_bytes, read_features, write_shards
 from cmcl.strategies import get_strategy
 from cmcl.train import fit_task, make_accelerator
@@ -121,7 +122,7 @@ def run_bare(xa: torch.Tensor, xb: torch.Tensor, d: int, embed_dim: int, cfg: di
              device: torch.device) -> dict:
     """The reference loop: what one would write by hand for the same training."""
     tc = cfg["train"]
-    bs, lc = tc["batch_size"], resolve(cfg["loss"])
+    bs, lc = tc["batch_size"], LossSettings.of(cfg["loss"]).nce()
     ref = init_heads(d, embed_dim)
     heads = nn.ModuleDict({m: nn.Linear(d, embed_dim, bias=False) for m in MODS}).to(device)
     heads.load_state_dict({k.removeprefix("heads."): v for k, v in ref.state_dict().items()})
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
            "config": {"dims": args.dims, "embed_dim": args.embed_dim or "d", "pairs": pairs,
                       "epochs": epochs, "rounds": rounds, "batch_size": 64, "modalities": MODS,
                       "optimizer": "AdamW lr 0.01 wd 1e-3, clip 1.0",
-                      "loss": resolve({}), "accelerator_startup_s_excluded": startup_s},
+                      "loss": LossSettings.of({}).nce(),
+                      "accelerator_startup_s_excluded": startup_s},
            "figures": figures, "per_d": per_d}
     for d in args.dims:
         p = per_d[d]

@@ -23,37 +23,35 @@ def _json(text: str):
     return complete(obj) if isinstance(obj, dict) else obj
 
 
-def _megabytes(mb: float | None) -> int | None:
-    return None if mb is None else int(mb * 1e6)
-
-
 def cmd_corpus(a) -> None:
     from cmcl.corpora.builtin import BUILTINS
+    from cmcl.settings import CorpusSettings
 
-    c = a.cfg
-    if c.get("builtin") not in BUILTINS:
-        raise SystemExit(f"corpus: no builtin corpus '{c.get('builtin')}' ({sorted(BUILTINS)})")
-    n = BUILTINS[c["builtin"]](a.out, c.get("test_fraction", 0.2), c.get("seed", 0))
+    c = CorpusSettings.of({"path": str(a.out), **a.cfg})  # the folder it fills: --out
+    if c.builtin not in BUILTINS:
+        raise SystemExit(f"corpus: no builtin corpus '{c.builtin}' ({sorted(BUILTINS)})")
+    n = BUILTINS[c.builtin](a.out, c.test_fraction, c.seed)
     print(f"wrote {n} samples to {a.out}")
 
 
 def cmd_shard(a) -> None:
+    from cmcl.settings import ShardSettings
     from cmcl.shards import shard_task
 
-    c, s = a.cfg, a.cfg["shard"]
-    n = shard_task(c["task"], c["corpus"], a.split, a.out, s["samples_per_shard"],
-                   s["max_per_class"], workers=a.workers or s["workers"],
-                   max_shard_bytes=_megabytes(s.get("max_shard_mb")))
+    c, s = a.cfg, ShardSettings.of(a.cfg["shard"])
+    n = shard_task(c["task"], c["corpus"], a.split, a.out, s.samples_per_shard,
+                   s.max_per_class, workers=a.workers or s.workers,
+                   max_shard_bytes=s.max_shard_bytes())
     print(f"{c['task']['name']}/{a.split}: {n} pairs -> {a.out}")
 
 
 def cmd_embed(a) -> None:
     from cmcl.embed import embed_split
+    from cmcl.settings import EmbedSettings
 
-    e = a.cfg["embed"]
-    n = embed_split(a.shards, a.out, e["encoders"], e["batch_size"], e["dtype"],
-                    max_shard_bytes=_megabytes(e["max_shard_mb"]),
-                    storage_dtype=e["storage_dtype"])
+    e = EmbedSettings.of(a.cfg["embed"])
+    n = embed_split(a.shards, a.out, e.encoders, e.batch_size, e.dtype,
+                    max_shard_bytes=e.max_shard_bytes(), storage_dtype=e.storage_dtype)
     print(f"embedded {n} samples -> {a.out}")
 
 
@@ -66,9 +64,11 @@ def cmd_convert_unibind_centres(a) -> None:
 
 def cmd_import_features(a) -> None:
     from cmcl.corpora.features_h5 import import_task
+    from cmcl.settings import ShardSettings
 
     c = a.cfg
-    n = import_task(c["task"], c["corpus"], a.split, a.out, c["shard"]["max_per_class"])
+    n = import_task(c["task"], c["corpus"], a.split, a.out,
+                    ShardSettings.of(c["shard"]).max_per_class)
     print(f"{c['task']['name']}/{a.split}: imported {n} samples -> {a.out}")
 
 
@@ -78,10 +78,13 @@ def cmd_init(a) -> None:
     init_step(a.cfg, a.method, a.seed, a.features, a.out)
 
 
-def _train_cfg(a) -> dict:
-    """--cfg as the rule passes it, or built from a params file (for hand/accelerate launches)."""
+def _train_cfg(a):
+    """--cfg as the rule passes it, or built from a params file (for hand/accelerate launches),
+    as a typed StepConfig."""
+    from cmcl.settings import StepConfig
+
     if a.cfg is not None:
-        return a.cfg
+        return StepConfig.of(a.cfg)
     if a.params is None:
         raise SystemExit("train: give --cfg (JSON) or --params (a params.yaml)")
     from cmcl import stages
@@ -95,7 +98,7 @@ def _train_cfg(a) -> dict:
     if not 1 <= a.step <= len(p["sequences"][seq]):
         raise SystemExit(f"train: --step {a.step} outside 1..{len(p['sequences'][seq])} of "
                          f"sequence '{seq}' in {a.params}")
-    return stages.train(p, seq, a.method, a.step).values
+    return StepConfig.of(stages.train(p, seq, a.method, a.step).values)
 
 
 def cmd_train(a) -> None:
@@ -103,21 +106,22 @@ def cmd_train(a) -> None:
 
     cfg = _train_cfg(a)
     if a.checkpoint_every is not None:
-        cfg = {**cfg, "train": {**cfg["train"], "checkpoint_every": a.checkpoint_every}}
-    specs = cfg["task"].get("tasks", [cfg["task"]])
+        cfg = cfg.with_train(checkpoint_every=a.checkpoint_every)
+    specs = cfg.task.get("tasks", [cfg.task])
     features = a.features or [f"data/features/{t['name']}/train" for t in specs]
-    log = train_step(cfg, a.method, a.seed, a.step, cfg["task"], features, a.prev, a.out)
+    log = train_step(cfg, a.method, a.seed, a.step, cfg.task, features, a.prev, a.out)
     print(json.dumps({k: log[k] for k in ("step", "task", "seconds", "epoch_loss")}))
 
 
 def cmd_evaluate(a) -> None:
     from cmcl.evaluate import evaluate_run, evaluate_step
+    from cmcl.settings import EvalConfig
 
-    seq = a.cfg.get("sequence", "default")
+    c = EvalConfig.of(a.cfg)
     if a.out_dir:  # every step of a run in one process (the rule): one step<t>.parquet each
-        dfs = evaluate_run(a.cfg, a.model, a.cfg["tasks"], a.features, a.out_dir, seq)
+        dfs = evaluate_run(c, a.model, c.tasks, a.features, a.out_dir, c.sequence)
     elif len(a.model) == 1:
-        dfs = [evaluate_step(a.cfg, a.model[0], a.cfg["tasks"], a.features, a.out, seq)]
+        dfs = [evaluate_step(c, a.model[0], c.tasks, a.features, a.out, c.sequence)]
     else:
         raise SystemExit("evaluate: --out takes one --model; use --out-dir for several steps")
     for df in dfs:

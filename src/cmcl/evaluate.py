@@ -22,9 +22,8 @@ from cmcl.io import (
     read_json,
     recorded_digest,
 )
-from cmcl.losses import resolve
 from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
-from cmcl.schema import defaults
+from cmcl.settings import EvalConfig, EvalSettings
 from cmcl.shards import read_features
 from cmcl.steps import load_model, load_strategy
 
@@ -50,18 +49,18 @@ def load_split(directory: str | Path) -> dict:
     return data
 
 
-def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: Mapping,
+def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: EvalSettings | Mapping,
                normalize: bool) -> dict[str, float]:
     """All metrics of one task on in-memory features (test split, or a sweep's validation)."""
     a, b = task["modalities"]
-    ec = {**defaults("eval"), **ec}  # a partial section (library callers): the schema's rest
-    bs = int(ec["batch_size"])
+    ec = EvalSettings.of(ec)  # a partial section (library callers): the schema's rest
+    bs = ec.batch_size
     za, zb = embed(fn, a, data[a], bs, normalize), embed(fn, b, data[b], bs, normalize)
     labels = torch.as_tensor(data["labels"])
     relevance = task.get("relevance") or ("label" if task.get("pairing") == "class" else "instance")
     out = retrieval_metrics(za, zb, labels if relevance == "label" else None, relevance,
-                            ks=tuple(ec["ks"]), n_subsets=ec["n_subsets"],
-                            subset_size=ec["subset_size"], seed=ec["seed"])
+                            ks=ec.ks, n_subsets=ec.n_subsets, subset_size=ec.subset_size,
+                            seed=ec.seed)
     ct = data.get("prompts")
     if ct is not None and has_text and (labels >= 0).all():
         keep = ct["class_ids"] if not task.get("classes") else torch.tensor(sorted(
@@ -82,13 +81,13 @@ def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: Mapping,
     return out
 
 
-def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: Mapping,
+def evaluate_task(model, task: Mapping, test_dir: str | Path, ec: EvalSettings | Mapping,
                   normalize: bool, fn=None) -> dict[str, float]:
     return score_task(fn or model, "text" in model.in_dims, task, load_split(test_dir), ec,
                       normalize)
 
 
-def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
+def evaluate_step(cfg: EvalConfig | Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
                   test_dirs: Sequence[str | Path], out: str | Path,
                   sequence: str = "default", splits: Sequence[Mapping] | None = None
                   ) -> pd.DataFrame:
@@ -103,14 +102,14 @@ def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
     def fn(modality, x):
         return strategy.embed(model, modality, x)
 
-    normalize = resolve(cfg.get("loss", {}))["normalize"]
+    cfg = EvalConfig.of(cfg)
+    normalize = cfg.loss.nce()["normalize"]
     rows = []
     name = meta.get("run", meta["method"])  # a variant's rows carry its own name
     run = f"{name}_s{meta['seed']}"
     for i, (task, test_dir) in enumerate(zip(tasks, test_dirs, strict=True)):
         data = splits[i] if splits is not None else load_split(test_dir)
-        scores = score_task(fn, "text" in model.in_dims, task, data, cfg.get("eval", {}),
-                            normalize)
+        scores = score_task(fn, "text" in model.in_dims, task, data, cfg.eval, normalize)
         for metric, value in scores.items():
             rows.append((sequence, run, name, int(meta["seed"]), int(meta["step"]),
                          task["name"], metric, float(value)))
@@ -120,11 +119,13 @@ def evaluate_step(cfg: Mapping, step_dir: str | Path, tasks: Sequence[Mapping],
     return df
 
 
-def evaluate_run(cfg: Mapping, step_dirs: Sequence[str | Path], tasks: Sequence[Mapping],
+def evaluate_run(cfg: EvalConfig | Mapping, step_dirs: Sequence[str | Path],
+                 tasks: Sequence[Mapping],
                  test_dirs: Sequence[str | Path], out_dir: str | Path,
                  sequence: str = "default") -> list[pd.DataFrame]:
     """Every step of a run in one job: the test splits are read once, one step<t>.parquet each
     (the same rows as evaluate_step per step) in `out_dir`, written atomically as a folder."""
+    cfg = EvalConfig.of(cfg)
     splits = [load_split(d) for d in test_dirs]
     steps = [int(read_json(Path(d) / "meta.json")["step"]) for d in step_dirs]
     if len(set(steps)) != len(steps):

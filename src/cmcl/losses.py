@@ -7,23 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from cmcl.schema import defaults
-
 if TYPE_CHECKING:  # the losses need no Accelerate at import
     from accelerate import Accelerator
-
-PRESETS = {
-    # the DNS authors' code: tau = 1, raw dot products, a->b only
-    "paper": {"temperature": 1.0, "normalize": False, "symmetric": False},
-}
-
-
-def resolve(cfg: dict) -> dict:
-    """Loss options after applying a named preset (explicit keys lose to the preset)."""
-    out = {k: v for k, v in defaults("loss").items() if k != "preset"}  # the schema's
-    out.update({k: cfg[k] for k in out if k in cfg})
-    out.update(PRESETS.get(cfg.get("preset", "default"), {}))
-    return out
 
 
 def info_nce(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1,

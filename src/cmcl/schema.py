@@ -24,9 +24,11 @@ def load_schema(path: str | Path = SCHEMA) -> dict:
     return copy.deepcopy(_cached(str(path)))
 
 
-def defaults(section: str) -> dict:
-    """The schema's default of every key of a top-level section that declares one."""
-    props = _cached(str(SCHEMA))["properties"][section].get("properties", {})
+def defaults(section: str, entry: bool = False) -> dict:
+    """The schema's default of every key of a top-level section that declares one (`entry`:
+    of one entry of a named section, e.g. a corpus of `corpora`)."""
+    sub = _cached(str(SCHEMA))["properties"][section]
+    props = (sub["additionalProperties"] if entry else sub).get("properties", {})
     return {k: copy.deepcopy(v["default"]) for k, v in props.items() if "default" in v}
 
 

@@ -32,6 +32,7 @@ from cmcl.io import (
     sha256_file,
     write_json,
 )
+from cmcl.settings import CorpusSettings
 from cmcl.shard_writer import write_index, write_shards  # noqa: F401  (re-exported: importers)
 from cmcl.tario import KEY_OK, npy_bytes, tar_key  # noqa: F401  (re-exported: importers)
 
@@ -137,7 +138,7 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
     only = ({"modalities": list(task["modalities"])}
             if "modalities" in inspect.signature(samples).parameters else {})
     pairs = iter_pairs(task, good(samples(split, workers=workers, **only)), split,
-                       corpus.get("seed", 0), max_per_class)
+                       CorpusSettings.of(corpus).seed, max_per_class)
     with atomic_dir(out_dir) as tmp:
         n = sum(write_shards(tmp, records(pairs), samples_per_shard, "", max_shard_bytes,
                              split, f"task '{task['name']}': split '{split}' of corpus "

@@ -25,9 +25,9 @@ from accelerate.utils import set_seed
 from cmcl import stages
 from cmcl.evaluate import load_split, score_task
 from cmcl.io import atomic_path, write_json
-from cmcl.losses import resolve
 from cmcl.metrics import continual_metrics
 from cmcl.schema import complete
+from cmcl.settings import EvalConfig, StepConfig
 from cmcl.stages import method_params, sweep_tasks, task_spec  # noqa: F401  (sweep_tasks re-exported)
 from cmcl.strategies import discover, get_strategy
 from cmcl.train import fit_task, fit_tasks, make_accelerator, new_model, step_seed
@@ -149,8 +149,8 @@ class ChainRunner:
             "methods": {self.method: cfg["methods"].get(self.method, {})}}
         return stages.Stage("train", step1, **ignores).key()
 
-    def _scores(self, model, strategy, cfg) -> list[dict]:
-        ec, norm = cfg["eval"], resolve(cfg["loss"])["normalize"]
+    def _scores(self, model, strategy, ev: EvalConfig) -> list[dict]:
+        ec, norm = ev.eval, ev.loss.nce()["normalize"]
 
         def fn(m, x):
             return strategy.embed(model, m, x.to(self.acc.device))
@@ -159,29 +159,30 @@ class ChainRunner:
             return [score_task(fn, "text" in model.in_dims, t, self.data[t["name"]][1], ec, norm)
                     for t in self.tasks()]
 
-    def _step_strategy(self, cfg: Mapping, model, state: Path | None, step: int, det: bool):
+    def _step_strategy(self, sc: StepConfig, model, state: Path | None, step: int):
         """A step's strategy as train_step builds it: seeded with the step's seed, then the
         previous step's saved state (its RNG states included), so a trial scores what the
         pipeline would train."""
-        set_seed(step_seed(self.seed, step), deterministic=det)
-        strategy = get_strategy(self.method, cfg)
+        set_seed(step_seed(self.seed, step), deterministic=sc.train.deterministic)
+        strategy = get_strategy(self.method, sc)
         strategy.load_state(state, model)
         return strategy
 
-    def _chain(self, cfg: Mapping, model, tasks: list[dict], metric: str, det: bool,
+    def _chain(self, cfg: Mapping, model, tasks: list[dict], metric: str,
                run_dir: Path, trial: optuna.Trial | None) -> list[list[float]]:
         """The accuracy rows of one chain: step 0, then each step trained and scored."""
-        strategy = get_strategy(self.method, cfg)  # step 0: untrained heads, no state
+        sc, ev = StepConfig.of(cfg), EvalConfig.of(cfg)
+        strategy = get_strategy(self.method, sc)  # step 0: untrained heads, no state
         strategy.load_state(None, model)
-        rows = [[s[metric] for s in self._scores(model, strategy, cfg)]]
+        rows = [[s[metric] for s in self._scores(model, strategy, ev)]]
         if discover()[self.method].joint:  # one step T over the union, as the pipeline runs it
             n = len(tasks)
-            strategy = self._step_strategy(cfg, model, None, n, det)
+            strategy = self._step_strategy(sc, model, None, n)
             parts = [(t, *(torch.from_numpy(self.data[t["name"]][0][k])
                            for k in (*t["modalities"], "labels"))) for t in tasks]
-            model, _ = fit_tasks(model, strategy, cfg, parts, n, self.seed, self.acc)
+            model, _ = fit_tasks(model, strategy, sc, parts, n, self.seed, self.acc)
             rows += [[float("nan")] * n] * (n - 1) + [
-                [s[metric] for s in self._scores(model, strategy, cfg)]]
+                [s[metric] for s in self._scores(model, strategy, ev)]]
             if trial is not None:
                 trial.report(float(np.mean(rows[-1])), n)
             return rows
@@ -191,13 +192,13 @@ class ChainRunner:
             if key is not None and key in self.cache:
                 weights, state = self.cache[key]
                 model.load_state_dict(weights)
-                strategy = get_strategy(self.method, cfg)
+                strategy = get_strategy(self.method, sc)
                 strategy.load_state(state, model)
             else:
-                strategy = self._step_strategy(cfg, model, state, step, det)
+                strategy = self._step_strategy(sc, model, state, step)
                 tr = self.data[task["name"]][0]
                 a, b = task["modalities"]
-                model, _ = fit_task(model, strategy, cfg, task, step, self.seed,
+                model, _ = fit_task(model, strategy, sc, task, step, self.seed,
                                     torch.from_numpy(tr[a]), torch.from_numpy(tr[b]),
                                     torch.from_numpy(tr["labels"]), self.acc)
                 state = (self.tmp / key) if key is not None else run_dir / f"step{step}"
@@ -205,7 +206,7 @@ class ChainRunner:
                 strategy.save_state(state)
                 if key is not None:
                     self.cache[key] = (copy.deepcopy(model.state_dict()), state)
-            rows.append([s[metric] for s in self._scores(model, strategy, cfg)])
+            rows.append([s[metric] for s in self._scores(model, strategy, ev)])
             if trial is not None:
                 trial.report(float(np.mean(rows[-1][:step])), step)
                 if trial.should_prune():
@@ -222,12 +223,12 @@ class ChainRunner:
         dims = {}
         for t in tasks:
             dims.update(self.data[t["name"]][0]["meta"]["dims"])
-        det = cfg["train"]["deterministic"]
-        set_seed(self.seed, deterministic=det)
-        model = new_model(cfg["model"], dims, self.seed)
+        sc = StepConfig.of(cfg)
+        set_seed(self.seed, deterministic=sc.train.deterministic)
+        model = new_model(sc.model, dims, self.seed)
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.tmp))
         try:
-            rows = self._chain(cfg, model, tasks, metric, det, run_dir, trial)
+            rows = self._chain(cfg, model, tasks, metric, run_dir, trial)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         a = np.asarray(rows, dtype=float)

@@ -28,7 +28,7 @@ from cmcl.io import (
     write_json,
 )
 from cmcl.lean import defer_dynamo, set_seed  # no dynamo import: ~1 s of CPU a job
-from cmcl.losses import gather_with_grad, info_nce, resolve  # noqa: F401  (re-exported)
+from cmcl.losses import gather_with_grad, info_nce
 from cmcl.models import MultiHead
 from cmcl.resume import (
     Resume,
@@ -39,7 +39,7 @@ from cmcl.resume import (
     save_checkpoint,
     say,
 )
-from cmcl.schema import complete
+from cmcl.settings import ModelSettings, StepConfig, TrainSettings
 from cmcl.shards import read_features
 from cmcl.steps import (  # noqa: F401  (re-exported: the training API)
     load_model,
@@ -102,11 +102,11 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
                      "(constant, linear, cosine)")
 
 
-def warmup_steps(tc: dict, total: int) -> int:
+def warmup_steps(tc: TrainSettings, total: int) -> int:
     """train.warmup_steps, or train.warmup_fraction of the task's steps rounded up (as HF)."""
-    if tc.get("warmup_fraction"):
-        return math.ceil(total * tc["warmup_fraction"])
-    return int(tc.get("warmup_steps") or 0)
+    if tc.warmup_fraction:
+        return math.ceil(total * tc.warmup_fraction)
+    return int(tc.warmup_steps)
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float,
@@ -130,24 +130,24 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1000 + step
 
 
-def make_accelerator(tc: dict) -> Accelerator:
+def make_accelerator(tc: TrainSettings | dict) -> Accelerator:
     """One Accelerator setup for every entry point: `train.batch_size` is the *global* batch,
     split across processes, so N processes train exactly like one (same batches, same order)."""
     accel = torch.cuda.is_available() or torch.backends.mps.is_available() or (
         hasattr(torch, "xpu") and torch.xpu.is_available())
     # cpu=True on a CPU-only host is what makes Accelerate join a torchrun group (gloo)
-    return Accelerator(cpu=tc.get("cpu") or not accel,
+    return Accelerator(cpu=TrainSettings.of(tc).cpu or not accel,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-def new_model(mc: dict, in_dims: dict[str, int], seed: int) -> MultiHead:
+def new_model(mc: ModelSettings, in_dims: dict[str, int], seed: int) -> MultiHead:
     """The untrained heads of a run (model section `mc`): its step 0, in files or in memory."""
-    model = MultiHead(in_dims, mc["embed_dim"], mc["bias"])
-    model.reset(mc["init"], seed)
+    model = MultiHead(in_dims, mc.embed_dim, mc.bias)
+    model.reset(mc.init, seed)
     return model
 
 
-def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
+def init_step(cfg: StepConfig | dict, method: str, seed: int, feature_dirs: list[str | Path],
               out_dir: str | Path) -> None:
     """Step 0: the untrained model every run starts from (its evaluation is the zero-shot row)."""
     in_dims: dict[str, int] = {}
@@ -156,9 +156,9 @@ def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
             if in_dims.setdefault(m, dim) != dim:
                 raise ValueError(f"{d}/meta.json: modality '{m}' has dim {dim}, another task "
                                  f"has {in_dims[m]}: one encoder per modality is required")
-    cfg = complete(cfg)  # a partial config (library callers) gets the schema's defaults
-    model = new_model(cfg["model"], in_dims, seed)
-    base = cfg.get("method", method)  # a variant names the method it runs
+    cfg = StepConfig.of(cfg)  # a partial dict (library callers): the schema's defaults
+    model = new_model(cfg.model, in_dims, seed)
+    base = cfg.method or method  # a variant names the method it runs
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
         opts = get_strategy(base, cfg).opts
@@ -169,8 +169,8 @@ def init_step(cfg: dict, method: str, seed: int, feature_dirs: list[str | Path],
                                        DIGESTS: record_digests(tmp)})
 
 
-def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: int, seed: int,
-             xa: torch.Tensor, xb: torch.Tensor, labels: torch.Tensor,
+def fit_task(model: MultiHead, strategy: Strategy, cfg: StepConfig | dict, task: dict,
+             step: int, seed: int, xa: torch.Tensor, xb: torch.Tensor, labels: torch.Tensor,
              acc: Accelerator | None = None) -> tuple[MultiHead, dict]:
     """The training loop of one task on in-memory features; returns the unwrapped model and log.
 
@@ -179,7 +179,7 @@ def fit_task(model: MultiHead, strategy: Strategy, cfg: dict, task: dict, step: 
     return fit_tasks(model, strategy, cfg, [(task, xa, xb, labels)], step, seed, acc)
 
 
-def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple],
+def fit_tasks(model: MultiHead, strategy: Strategy, cfg: StepConfig | dict, parts: list[tuple],
               step: int, seed: int, acc: Accelerator | None = None,
               resume: Resume | None = None) -> tuple[MultiHead, dict]:
     """Train on one or more (task, xa, xb, labels) parts; several parts = joint training.
@@ -189,8 +189,8 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     With `resume`, a checkpoint is saved every `resume.every` optimizer steps and training
     continues from the newest matching one (cmcl.resume).
     """
-    cfg = complete(cfg)  # a partial config (library callers) gets the schema's defaults
-    tc = cfg["train"]
+    cfg = StepConfig.of(cfg)  # a partial dict (library callers): the schema's defaults
+    tc = cfg.train
     acc = acc or make_accelerator(tc)
     model = model.to(acc.device)
     gen = torch.Generator().manual_seed(step_seed(seed, step))
@@ -212,13 +212,13 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         check_partial_batch(len(xa), tc, acc.num_processes, c.task)
         loaders.append(batch_loader((strategy.train_inputs(c, a, xa),
                                      strategy.train_inputs(c, b, xb), labels),
-                                    tc["batch_size"], gen, tc["drop_last"]))
+                                    tc.batch_size, gen, tc.drop_last))
     params = [p for m in mods for p in model.heads[m].parameters()]
     extra_params = strategy.trainable_parameters(ctx)
     params += extra_params
     defer_dynamo(torch.optim.Optimizer, torch.optim.Adam, torch.optim.AdamW)  # ~1 s a job
-    opt = torch.optim.AdamW(param_groups(params, tc["weight_decay"], tc["decay_biases"]),
-                            lr=tc["lr"], weight_decay=tc["weight_decay"])
+    opt = torch.optim.AdamW(param_groups(params, tc.weight_decay, tc.decay_biases),
+                            lr=tc.lr, weight_decay=tc.weight_decay)
     # the model's placement given, as Accelerate would decide it: its default imports
     # torch.distributed.tensor (~0.5 s a job) to look for DTensor parameters MultiHead never has
     custom = acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
@@ -234,7 +234,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     plain = acc.scaler is None and acc.distributed_type not in (
         DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA)
     clip = torch.nn.utils.clip_grad_norm_ if plain else acc.clip_grad_norm_
-    lc = resolve(cfg["loss"])
+    lc = cfg.loss.nce()
 
     def loss_fn(batch: dict) -> torch.Tensor:
         a, b = ctx.modalities
@@ -255,12 +255,12 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
         gen.set_state(epoch_gen)  # the shuffling of the saved epoch is replayed up to `done`
         say(f"step {step}: resuming from {ckpt} (epoch {at['epoch']}, batch {at['done']})")
     steps_per_epoch = sum(len(ld) for ld in loaders)
-    schedule, total_steps = tc["lr_schedule"], tc["epochs"] * steps_per_epoch
+    schedule, total_steps = tc.lr_schedule, tc.epochs * steps_per_epoch
     warmup = warmup_steps(tc, total_steps)
     scheduled = schedule != "constant" or warmup > 0
     losses, t0 = at["losses"], time.time() - at["seconds"]  # `losses` is at["losses"]
     wrapped.train()
-    for epoch in tqdm(range(at["epoch"], tc["epochs"]), initial=at["epoch"], total=tc["epochs"],
+    for epoch in tqdm(range(at["epoch"], tc.epochs), initial=at["epoch"], total=tc.epochs,
                       desc=f"step {step} {name} [{strategy.name}]",
                       disable=not acc.is_local_main_process):
         epoch_gen = gen.get_state()
@@ -287,11 +287,11 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= acc.num_processes
-            if tc.get("grad_clip"):
-                clip(params, tc["grad_clip"])
+            if tc.grad_clip:
+                clip(params, tc.grad_clip)
             strategy.before_optimizer_step(ctx)
             if scheduled:  # per task, like one trainer.train() call of the HF Trainer
-                lr = tc["lr"] * lr_factor(schedule, at["global_step"], total_steps, warmup)
+                lr = tc.lr * lr_factor(schedule, at["global_step"], total_steps, warmup)
                 for g in opt.param_groups:
                     g["lr"] = lr
             opt.step()
@@ -300,7 +300,7 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
             lv = loss.item() / acc.num_processes  # the global-batch loss, as logged by 1 process
             total, n = total + lv * len(xa_b), n + len(xa_b)
             at["global_step"] += 1
-            if resume and resume.due(at["global_step"], tc["epochs"] * steps_per_epoch):
+            if resume and resume.due(at["global_step"], total_steps):
                 at |= {"epoch": epoch, "done": done, "total": total, "n": n,
                        "seconds": time.time() - t0, "fingerprint": resume.fingerprint}
                 save_checkpoint(acc, resume.root, strategy, at, epoch_gen)
@@ -319,26 +319,26 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: dict, parts: list[tuple
     return (model if wrapped is model else acc.unwrap_model(wrapped)), log
 
 
-def check_partial_batch(n: int, tc: dict, processes: int, task: str) -> None:
+def check_partial_batch(n: int, tc: TrainSettings, processes: int, task: str) -> None:
     """A kept last batch must split evenly over processes, else Accelerate would pad it with
     repeated samples and N processes would no longer train like one."""
-    rest = n % tc["batch_size"] if n > tc["batch_size"] else 0
-    if not tc["drop_last"] and rest % processes:
+    rest = n % tc.batch_size if n > tc.batch_size else 0
+    if not tc.drop_last and rest % processes:
         raise ValueError(f"task {task}: train.drop_last is false and the last batch of "
                          f"{rest} pairs does not split over {processes} processes; set "
                          "train.drop_last: true or use a process count dividing it")
 
 
-def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
+def train_step(cfg: StepConfig | dict, method: str, seed: int, step: int, task: dict,
                train_dir: str | Path | list, prev_dir: str | Path, out_dir: str | Path) -> dict:
     """Train task `task` starting from `prev_dir`; write model, method state and log to out_dir."""
-    cfg = complete(cfg)  # a partial config (library callers) gets the schema's defaults
-    tc = cfg["train"]
+    cfg = StepConfig.of(cfg)  # a partial dict (library callers): the schema's defaults
+    tc = cfg.train
     acc = make_accelerator(tc)
-    set_seed(step_seed(seed, step), deterministic=tc["deterministic"])
+    set_seed(step_seed(seed, step), deterministic=tc.deterministic)
     model, prev_meta = load_model(prev_dir)
     start_digest = weights_digest(model)
-    base = cfg.get("method", method)  # `method` may be a variant (its run name)
+    base = cfg.method or method  # `method` may be a variant (its run name)
     strategy = get_strategy(base, cfg)
     prev_state = Path(prev_dir) / "state"
     load_state_dir(strategy, prev_dir, prev_meta, model)
@@ -360,10 +360,10 @@ def train_step(cfg: dict, method: str, seed: int, step: int, task: dict,
         a, b = spec["modalities"]
         parts.append((spec, torch.from_numpy(data[a]), torch.from_numpy(data[b]),
                       torch.from_numpy(data["labels"])))
-    every = int(tc.get("checkpoint_every") or 0)
+    every = tc.checkpoint_every
     resume = Resume(resume_dir(out_dir), fingerprint(
-        cfg, method, seed, step, start_digest, prev_state, [t for p in parts for t in p[1:]],
-        acc.num_processes), every) if every else None
+        cfg.as_dict(), method, seed, step, start_digest, prev_state,
+        [t for p in parts for t in p[1:]], acc.num_processes), every) if every else None
     raw, log = fit_tasks(model, strategy, cfg, parts, step, seed, acc, resume)
     log |= {"start_digest": start_digest, "final_digest": weights_digest(raw)}
     if not all(math.isfinite(v) for v in log["epoch_loss"]):

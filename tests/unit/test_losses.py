@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cmcl.losses import info_nce, resolve
+from cmcl.losses import info_nce
+from cmcl.settings import LossSettings
 
 
 def test_info_nce_prefers_aligned_pairs():
@@ -17,5 +18,5 @@ def test_info_nce_prefers_aligned_pairs():
 
 
 def test_paper_preset_matches_the_authors_code():
-    assert resolve({"preset": "paper", "temperature": 0.1}) == {
+    assert LossSettings.of({"preset": "paper", "temperature": 0.1}).nce() == {
         "temperature": 1.0, "normalize": False, "symmetric": False}

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmcl.settings import CorpusSettings
+
 TEXT_MODALITIES = frozenset({"text"})
 
 
@@ -94,10 +96,11 @@ def startup_classes(corpus: Mapping) -> tuple[bool, list[str] | None]:
     or a generic corpus's corpus.json; other adapters are resolved when sharding."""
     import json
 
-    if corpus.get("builtin") in BUILTIN_CLASSES:
-        return True, BUILTIN_CLASSES[corpus["builtin"]]
-    folder = Path(corpus["path"])
-    if corpus.get("adapter", "generic") != "generic" or not folder.is_dir():
+    c = CorpusSettings.of(corpus)
+    if c.builtin in BUILTIN_CLASSES:
+        return True, BUILTIN_CLASSES[c.builtin]
+    folder = Path(c.path)
+    if c.adapter != "generic" or not folder.is_dir():
         return False, None
     meta_file = folder / "corpus.json"
     if not meta_file.exists():

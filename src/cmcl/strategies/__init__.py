@@ -27,6 +27,7 @@ import torch
 from cmcl.method_info import MethodInfo, resolve_options
 from cmcl.models import MultiHead
 from cmcl.resume import restore, snapshot
+from cmcl.settings import StepConfig
 
 REGISTRY: dict[str, type[Strategy]] = {}
 
@@ -53,7 +54,7 @@ class TaskContext:
     modalities: tuple[str, str]
     model: MultiHead  # the unwrapped model (projections act on its parameters)
     train: dict[str, Any]  # the task's train split: {modality: tensor (n, d), "labels": ...}
-    cfg: dict
+    cfg: StepConfig  # a dict (tests, library callers) is typed on construction
     device: torch.device = torch.device("cpu")
     extra: dict = field(default_factory=dict)  # per-task log entries a method wants recorded
     batch: dict | None = None  # this process's slice of the current batch {modality: x, ...}
@@ -63,6 +64,9 @@ class TaskContext:
     # one process. Methods whose state grows from batches (replay buffers) store gathered
     # tensors, so every process keeps the state a single process would have.
     gather: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+
+    def __post_init__(self) -> None:
+        self.cfg = StepConfig.of(self.cfg)
 
 
 class Strategy:
@@ -82,9 +86,9 @@ class Strategy:
     # {option: "samples"} (one buffer) or {option: "per_task"} (samples / number of tasks)
     budget: dict = {}
 
-    def __init__(self, cfg: dict) -> None:
-        self.cfg = cfg
-        self.opts = self.resolve_options(cfg.get("methods", {}).get(self.name, {}))
+    def __init__(self, cfg: StepConfig | dict) -> None:
+        self.cfg = StepConfig.of(cfg)
+        self.opts = self.resolve_options(self.cfg.options(self.name))
 
     @classmethod
     def info(cls) -> MethodInfo:
@@ -165,7 +169,7 @@ def discover() -> dict[str, type[Strategy]]:
     return REGISTRY
 
 
-def get_strategy(name: str, cfg: dict) -> Strategy:
+def get_strategy(name: str, cfg: StepConfig | dict) -> Strategy:
     # a method's own module first: importing all of them costs ~0.5 s of CPU in every job
     if name not in REGISTRY and name.isidentifier() and (Path(__file__).parent /
                                                          f"{name}.py").is_file():

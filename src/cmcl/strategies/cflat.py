@@ -83,7 +83,7 @@ class CFlat(Strategy):
             return
         w0 = [p.detach().clone() for p in params]
         g0 = [p.grad.detach().clone() for p in params]
-        clip = ctx.cfg.get("train", {}).get("grad_clip")
+        clip = ctx.cfg.train.grad_clip
         if clip and lam > 0 and float(_norm(g0)) >= float(clip) * (1 - 1e-4):
             g0 = self.grad_at(ctx, params, w0, None)  # clipped: h needs the raw gradient
         g1 = self.grad_at(ctx, params, w0, _scaled(g0, rho))

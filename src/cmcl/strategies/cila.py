@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from cmcl.losses import info_nce, resolve
+from cmcl.losses import info_nce
 from cmcl.strategies import LR, TaskContext, log_range, register
 from cmcl.strategies.co2l import CO2L_OPTIONS, Co2L
 
@@ -89,7 +89,7 @@ class CILA(Co2L):
             return loss
         a, b = ctx.modalities
         with torch.no_grad():
-            con = info_nce(emb[a], emb[b], **resolve(ctx.cfg.get("loss", {})))
+            con = info_nce(emb[a], emb[b], **ctx.cfg.loss.nce())
             con = con + self.opts["supcon_weight"] * t["supcon"]
         self._sums = [self._sums[0] + con.item(), self._sums[1] + t["ird"].item(),
                       self._sums[2] + 1]

@@ -165,7 +165,7 @@ class Co2L(Strategy):
         now = [emb[a], emb[b]]
         past_now, past_old = [], []
         if self.buffer.size:
-            bs = int(self.opts["replay_batch_size"] or ctx.cfg["train"]["batch_size"])
+            bs = int(self.opts["replay_batch_size"] or ctx.cfg.train.batch_size)
             for rb in self.buffer.sample(bs, self.gen):
                 for m in rb.pair:
                     x = rb.x[m].to(ctx.device)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from cmcl.io import load_tensors, read_json, save_tensors, write_json
-from cmcl.losses import info_nce, resolve
+from cmcl.losses import info_nce
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.helpers.adapters import Adapters
@@ -170,13 +170,13 @@ class COMM(Strategy):
         routed = [(batch[a], a), (batch[b], b)]
         if len(self.memory):
             i = int(torch.randint(len(self.memory), (1,), generator=self.gen))
-            bs = int(self.opts["pseudo_batch_size"] or ctx.cfg["train"]["batch_size"])
+            bs = int(self.opts["pseudo_batch_size"] or ctx.cfg.train.batch_size)
             pa, pb = self.memory.entries[i]["pair"]
             xa, xb, _ = self.memory.sample(i, bs, self.gen)
             xa, xb = xa.to(ctx.device), xb.to(ctx.device)
             out["realign"] = info_nce(self._embed_fixed_heads(ctx, pa, xa),
                                       self._embed_fixed_heads(ctx, pb, xb),
-                                      **resolve(ctx.cfg.get("loss", {})))
+                                      **ctx.cfg.loss.nce())
             routed += [(xa, pa), (xb, pb)]
         router = self.ad.router_loss(routed)
         if router is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmcl.losses import resolve
 from cmcl.strategies import LR, TaskContext, choice, log_range, register
 from cmcl.strategies.er import BUFFER_OPTIONS, ER
 from cmcl.strategies.helpers.replay import ReplayBatch, replay_loss
@@ -63,7 +62,7 @@ class DER(ER):
             if mse is not None:
                 terms.append(self.opts["alpha"] * mse)
         if self.opts.get("beta", 0) > 0:
-            nce = replay_loss(self.embedder(ctx), second, resolve(ctx.cfg.get("loss", {})),
+            nce = replay_loss(self.embedder(ctx), second, ctx.cfg.loss.nce(),
                               self.trained(ctx), ctx.device)
             if nce is not None:
                 terms.append(self.opts["beta"] * nce)

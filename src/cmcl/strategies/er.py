@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from cmcl.losses import resolve
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, choice, log_range, register
 from cmcl.strategies.helpers.replay import ReservoirBuffer, replay_loss, step_generator
@@ -80,9 +79,9 @@ class ER(Strategy):
 
     def before_task(self, ctx: TaskContext) -> None:
         self.gen = step_generator(self.salt)
-        bs = int(ctx.cfg["train"]["batch_size"])
+        bs = ctx.cfg.train.batch_size
         first = self.opts["stream_epochs"] == "first"
-        drop = ctx.cfg["train"].get("drop_last", True)
+        drop = ctx.cfg.train.drop_last
         self._left = batches_per_epoch(len(ctx.train["labels"]), bs, drop) if first else None
 
     def trained(self, ctx: TaskContext) -> set[str]:
@@ -94,7 +93,7 @@ class ER(Strategy):
                 for p in ctx.model.heads[m].parameters()]
 
     def replay_size(self, ctx: TaskContext) -> int:
-        return int(self.opts["replay_batch_size"] or ctx.cfg["train"]["batch_size"])
+        return int(self.opts["replay_batch_size"] or ctx.cfg.train.batch_size)
 
     def embedder(self, ctx: TaskContext):
         return lambda m, x: self.embed(ctx.model, m, x)
@@ -108,7 +107,7 @@ class ER(Strategy):
 
     def replay_terms(self, ctx: TaskContext) -> torch.Tensor | None:
         batches = self.buffer.sample(self.replay_size(ctx), self.gen)
-        loss = replay_loss(self.embedder(ctx), batches, resolve(ctx.cfg.get("loss", {})),
+        loss = replay_loss(self.embedder(ctx), batches, ctx.cfg.loss.nce(),
                            self.trained(ctx), ctx.device)
         return None if loss is None else self.opts["weight"] * loss
 

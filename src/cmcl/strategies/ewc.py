@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cmcl.io import load_tensors, read_json, save_tensors, write_json
-from cmcl.losses import info_nce, resolve
+from cmcl.losses import info_nce
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.helpers.replay import step_generator
@@ -83,7 +83,7 @@ class EWC(Strategy):
         """Mean squared batch gradient of the task's loss over its train data."""
         a, b = ctx.modalities
         params = head_params(ctx.model, ctx.modalities)
-        lc, bs = resolve(ctx.cfg.get("loss", {})), int(ctx.cfg["train"]["batch_size"])
+        lc, bs = ctx.cfg.loss.nce(), ctx.cfg.train.batch_size
         n = len(ctx.train[a])
         order = torch.randperm(n, generator=step_generator(303)).to(ctx.device)
         out = {k: torch.zeros_like(p) for k, p in params.items()}

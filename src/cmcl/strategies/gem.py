@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from cmcl.losses import resolve
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, choice, register
 from cmcl.strategies.helpers.replay import EpisodicMemory, ReplayBatch, replay_loss, step_generator
@@ -84,7 +83,7 @@ class _Episodic(Strategy):
         """Flat gradient of the memory loss w.r.t. params (zeros for params it does not reach)."""
         with torch.enable_grad():
             loss = replay_loss(lambda m, x: self.embed(ctx.model, m, x), batches,
-                               resolve(ctx.cfg.get("loss", {})), set(ctx.modalities), ctx.device)
+                               ctx.cfg.loss.nce(), set(ctx.modalities), ctx.device)
             if loss is None or not loss.requires_grad:
                 return None
             grads = torch.autograd.grad(loss, params, allow_unused=True)

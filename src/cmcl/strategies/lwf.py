@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from cmcl.io import read_json, write_json
-from cmcl.losses import resolve
 from cmcl.models import MultiHead
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 
@@ -102,7 +101,7 @@ class LwF(Strategy):
             old = {m: self.old[m](batch[m]) for m in keep}
         terms = []
         if self.opts["target"] in ("similarity", "both"):
-            lc = resolve(ctx.cfg.get("loss", {}))
+            lc = ctx.cfg.loss.nce()
             if len(keep) == 2:
                 terms.append(self._match(logits(emb[a], emb[b], lc), logits(old[a], old[b], lc),
                                          lc["symmetric"]))

@@ -244,7 +244,7 @@ class NullSpaceProjection(Strategy):
         a, b = ctx.modalities
         aug = self._bias(ctx.model)
         n = len(ctx.train[a])
-        bs = int(ctx.cfg.get("train", {}).get("batch_size", 64)) * 16
+        bs = ctx.cfg.train.batch_size * 16
         for i in range(0, n, bs):
             xa, xb = ctx.train[a][i: i + bs], ctx.train[b][i: i + bs]
             st.update_inputs(a, with_ones(xa, aug))
