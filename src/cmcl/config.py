@@ -34,9 +34,21 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
         raise ParamsError(f"{source}: invalid parameters\n  {e}") from None
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params),
                     key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"  {_path(e)}: {message(e)}" for e in errors[:10]]
-        raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(lines))
+    lines = [f"{_path(e)}: {message(e)}" for e in errors[:10]]
+    try:
+        lines += _problems(params, schema)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        if not errors:
+            raise
+        # too malformed for the cross-field checks: the schema's messages say where
+    if lines:
+        raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(f"  {x}" for x in lines))
+    return params
+
+
+def _problems(params: dict, schema: Mapping) -> list[str]:
+    """Fill presets and defaults into `params` in place; what breaks a rule across keys (or
+    needs the method catalog, the adapters or the files) as one message each."""
     params["train"] = expand_preset(params["train"])
     train_defaults = {k: v.get("default")
                       for k, v in schema["properties"]["train"]["properties"].items()}
@@ -44,7 +56,6 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
         if "train" in sect:
             sect["train"] = expand_preset(sect["train"], train_defaults)
     fill_defaults(schema, params, schema)
-
     problems = []
     methods = catalog()
     problems += apply_budget(params, methods)  # storing methods get their budget option
@@ -55,6 +66,9 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
             problems.append(f"train.methods[{i}]: '{m}' is not a registered method "
                             f"({sorted(methods)}) or variant ({sorted(variants)})")
     problems += _warmup_problems("train", params["train"])
+    # every method's options complete (its schema's defaults), given or not: a job's params and
+    # a run's fingerprint then change when a default does, instead of keeping stale results
+    params["methods"] = {**{m: {} for m in methods}, **params["methods"]}
     for m, opts in params["methods"].items():
         if m not in methods:
             problems.append(f"methods.{m}: options for an unregistered method "
@@ -163,9 +177,7 @@ def check(params: Mapping, schema_path: str | Path = SCHEMA, source: str = "para
         if metric is not None and metric not in names:
             problems.append(f"{where}: '{metric}' is not a score the evaluation writes "
                             f"({names}: R@k for each k of eval.ks)")
-    if problems:
-        raise ParamsError(f"{source}: invalid parameters\n" + "\n".join(f"  {p}" for p in problems))
-    return params
+    return problems
 
 
 # train presets: values filled in for the keys a train section does not give

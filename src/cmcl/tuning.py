@@ -16,7 +16,6 @@ from pathlib import Path
 import yaml
 
 from cmcl.catalog import methods as catalog_methods
-from cmcl.method_info import resolve_options
 from cmcl.params_file import ParamsError, deep_merge, read_params
 
 # keys of a tuned file that are params; `record` says how the values were obtained
@@ -151,11 +150,9 @@ def tune_cfg(params: Mapping, sequence: str, method: str, space: Mapping | None 
         over["train"] = _without(over["train"], train_keys)
         if not over["train"]:  # only swept keys: as if never given
             del over["train"]
-    # the options with their defaults filled, so options given (a tuned file) and options left
-    # to their defaults name the same study
+    # validated params hold every method's options with their defaults filled (config.check),
+    # so options given (a tuned file) and options left to their defaults name the same study
     opts = dict(params.get("methods", {}).get(method, {}))
-    info = catalog_methods().get(method)  # None: registered at run time (tests), not catalogued
-    opts = resolve_options(info, opts) if info else opts
     cfg = {
         "tasks": {t: params["tasks"][t] for t in names},
         "sequences": {sequence: list(names)},

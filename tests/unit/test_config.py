@@ -224,3 +224,21 @@ def test_a_misspelt_key_gets_the_closest_allowed_one():
     with pytest.raises(ParamsError) as e:
         check(params(dns={"zzz": 1}))
     assert "did you mean" not in str(e.value)  # nothing close: no guess
+
+
+def test_schema_and_cross_field_errors_come_in_one_message():
+    p = params(dns={"threshhold_in": 0.1})
+    p["train"]["epoch"] = 2
+    p["sequences"]["digits"].append("t9")
+    with pytest.raises(ParamsError) as e:
+        check(p)
+    msg = str(e.value)
+    assert "'epoch' was unexpected" in msg  # the schema's
+    assert "'threshhold_in' was unexpected" in msg and "task 't9' is not declared" in msg
+
+
+def test_params_too_malformed_for_cross_field_checks_still_name_the_schema_error():
+    p = params()
+    p["tasks"] = ["t1"]  # every cross-field rule reads tasks as a mapping
+    with pytest.raises(ParamsError, match=r"tasks: \['t1'\] is not of type 'object'"):
+        check(p)
