@@ -19,3 +19,19 @@ def weight_atol(weight: torch.Tensor, steps: int, lr: float, batch: int) -> floa
     """
     d_out, d_in = weight.shape if weight.ndim == 2 else (1, weight.numel())
     return steps * lr * batch * (d_in + d_out + batch) * EPS32 * (1 + steps ** 0.5)
+
+
+def covariance_rtol(weights: dict[str, torch.Tensor], atol: dict[str, float], n: int) -> float:
+    """Relative bound on sums of z zᵀ (z = W x) of n samples after two training paths.
+
+    The weights differ by |dW|_F <= atol sqrt(numel), moving z zᵀ by ~2 |dW|_F / |W|_F to first
+    order; re-ordering the n samples' sum adds n float32 eps. Counts are integers: exact."""
+    w_rel = max(atol[k] * w.numel() ** 0.5 / w.norm().item() for k, w in weights.items())
+    return 2 * w_rel + n * EPS32
+
+
+FLOAT64_PATHS_ATOL = 1e-7
+"""Weights of two float64 paths equal in exact arithmetic (svd vs eigh projectors, factored vs
+dense projection, fused vs plain AdamW): their rounding (eps 2.2e-16) is amplified by Adam's
+m / sqrt(v) on near-zero gradient entries without a useful bound, while every wrong rule a test
+must catch moves the weights by > 1e-3; 1e-7 separates the two with orders of margin each side."""

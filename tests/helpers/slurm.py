@@ -352,8 +352,7 @@ class SlurmCluster:
         self.ports = {"ctld": _free_port(6817), "slurmd": _free_port(6818),
                       "dbd": _free_port(6819), "mysql": _free_port(3307)}
         self.db_password = "cmcl-test"  # local, loopback-only throw-away database
-        # CR_CPU: a job's --mem is checked against RealMemory but not consumed (nothing enforces
-        # it without cgroups), so the profile's generous requests do not serialise the jobs.
+        # CR_CPU checks --mem against RealMemory without consuming it: requests never serialise
         mem = _mem_total_mb()
         real_memory = max(500, mem - min(2000, mem // 10))
         slurm_conf = f"""{HEADER}

@@ -121,8 +121,7 @@ ESC_TASK = {"name": "ta", "corpus": "esc50", "modalities": ["text", "audio"]}
     ("wav", lambda b: b[:20], ""),  # cut inside the header
     ("wav", lambda b: b"RIFF" + bytes(64), ""),  # a RIFF tag and nothing else
     ("flac", lambda b: b"fLaC" + bytes(range(200)), ""),  # junk after the FLAC magic
-    # cut mid-data: the header survives, so only decoding the samples (and, for WAV, the data
-    # chunk's declared size, which libsndfile clamps to the bytes present) shows it
+    # cut mid-data: the header survives, so only decoding (or WAV's data-chunk size) shows it
     ("wav", half, r" \(truncated: the header declares 4000 frames, 1989 present"),
     ("flac", half, r" \(truncated or corrupt: the header declares 4000 frames, decoding fails"),
 ])

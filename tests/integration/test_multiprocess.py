@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.numerics import EPS32, weight_atol
+from helpers.numerics import covariance_rtol, weight_atol
 
 from cmcl.io import load_tensors
 
@@ -104,11 +104,8 @@ def test_two_processes_match_one(chain, method):
     if method == "dns":  # the subspace state is the single-process one
         a = load_tensors(d / "dns_p1/state/subspace.safetensors")
         b = load_tensors(d / "dns_p2/state/subspace.safetensors")
-        # sums of z z^T with z = W x move by ~2 |dW|_F / |W|_F (first order; |dW|_F <= atol
-        # sqrt(numel)), plus n x eps for re-ordering the n samples' sum; counts are integers
         n = sum(json.loads((d / "f_hi/sizes.json").read_text()).values())
-        w_rel = max(atol[k] * one[k].numel() ** 0.5 / one[k].norm().item() for k in one)
-        rel_tol = 2 * w_rel + n * EPS32
+        rel_tol = covariance_rtol(one, atol, n)
         for k in a:
             x, y = a[k].double(), b[k].double()
             rel = ((x - y).norm() / x.norm().clamp_min(1e-12)).item()

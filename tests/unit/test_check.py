@@ -44,8 +44,7 @@ def test_dns_silently_degraded_to_finetune_turns_red(recorded):
 def test_deliberate_params_change_is_not_checked(recorded):
     params, metrics, d = recorded
     seq, = metrics
-    # epochs: the tuned file sets each method's lr as an override, so train.lr no longer reaches
-    # dns; a shared setting every method trains with does
+    # epochs, not lr: the tuned file overrides each method's lr, so only shared keys reach dns
     changed = {**params, "train": {**params["train"], "epochs": 7}}
     assert fingerprint(changed, seq, "dns") != fingerprint(params, seq, "dns")
     assert fingerprint({**params, "methods": {**params["methods"], "gpm": {"x": 1}}}, seq,

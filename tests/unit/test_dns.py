@@ -107,8 +107,7 @@ def test_one_sided_variants_hold_the_invariant_but_move_less(old_task):
     drift_in, _ = run_new_task(old_task, sides="input")
     drift_out, _ = run_new_task(old_task, sides="output")
     assert max(drift_in, drift_out) < 1e-5
-    # from the same state and the same raw update, the dual-sided projection removes only
-    # P_out G P_in, strictly less than either one-sided projection removes
+    # same state and raw update: dual-sided removes only P_out G P_in, less than either side
     _, moved_in = run_new_task(old_task, one_step=True, sides="input")
     _, moved_out = run_new_task(old_task, one_step=True, sides="output")
     _, moved_both = run_new_task(old_task, one_step=True)

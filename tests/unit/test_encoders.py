@@ -53,8 +53,7 @@ def test_logmel_reads_wav_and_flac_at_16k_and_44k():
     mean, std = x[:, :64], x[:, 64:]
     peak = band_of(1000.0)
     assert (mean[:5].argmax(1) == peak).all() and mean[5].argmax() == band_of(3000.0)
-    # unnormalised FFT power of the sine's peak ((0.5/2 * sum(hann))^2 = 2500) over ~2 bins,
-    # times the Slaney weight 2/bandwidth (~1/30 Hz): ~45, i.e. ~1.65 bels
+    # peak power (0.5/2 * sum(hann))^2 = 2500 over ~2 bins x Slaney 2/bandwidth: ~45 (1.65 bels)
     assert 1.2 < mean[0, peak] < 2.1
     assert (std[:5, peak] < 0.15).all()  # a steady tone: flat over frames (edges aside)
     loud = mean[0] > mean[0, peak] - 3  # bands within 30 dB of the peak

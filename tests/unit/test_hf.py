@@ -292,8 +292,7 @@ def test_clap_audio_and_text_round_trip(clap):
         want_wav = unit(m.get_audio_features(**audio.processor(samples, sampling_rate=16000,
                                                                return_tensors="pt")))
     np.testing.assert_allclose(audio.encode(short, ["a", "b"]), want_wav, rtol=1e-5, atol=1e-6)
-    # 44.1 kHz is resampled to the extractor's 16 kHz; a clip past max_length_s is cropped
-    # at random by the extractor, from a fixed seed per clip: the same in any batch
+    # 44.1 kHz -> 16 kHz; a long clip's random crop has a fixed seed per clip (any batch)
     long = wav(44100, 2.5, 700.0)
     one = audio.encode([long], ["l"])
     np.random.seed(123)  # the crop does not follow the global RNG

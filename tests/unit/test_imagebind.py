@@ -188,8 +188,7 @@ def test_params_schema_accepts_imagebind_specs():
 
 
 def test_image_transform_resizes_the_short_side_and_centre_crops():
-    # 448x224: left half black, right half white; the short side is 224 already, so the
-    # bicubic resize keeps it and the centre crop takes columns 112..335
+    # left half black, right white; short side 224 already: the centre crop is columns 112..335
     arr = np.zeros((224, 448, 3), np.uint8)
     arr[:, 224:] = 255
     x = ib.image_input(image_bytes(arr))

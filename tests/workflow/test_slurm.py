@@ -92,9 +92,7 @@ def cluster():
     if slurm_cluster.missing_binaries() and slurm_cluster.which("apt-get") is None:
         pytest.skip("Slurm is not installed and there is no apt-get to install it")
     slurm_cluster.ensure_installed()
-    # Jobs are dominated by start-up (two snakemake processes and one `python -m cmcl` each) and
-    # the plugin polls at growing intervals, so 4 slots on the 2-core machine let a DAG level
-    # finish in one polling round.
+    # jobs are mostly start-up and polling waits: 4 slots on 2 cores finish a DAG level a round
     with slurm_cluster.SlurmCluster(cpus=max(4, os.cpu_count() or 1)) as c:
         yield c
 
@@ -110,16 +108,14 @@ def runs(cluster, tmp_path_factory):
     cfg = yaml.safe_load(profile.read_text())
     cfg["default-resources"]["slurm_partition"] = cluster.partition  # the user's one edit
     profile.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    # --slurm-no-account is declared but unused by plugin 2.8.0 (an empty slurm_account makes
-    # it guess, fail here, and submit without -A); kept for versions that honour it.
+    # --slurm-no-account: unused by plugin 2.8.0 (it guesses, fails, submits without -A); kept
     slurm_cmd = [f"{BIN}/snakemake", "--profile", "pipeline/profiles/slurm", "--slurm-no-account",
                  "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4",
                  "--slurm-keep-successful-logs", "all", "sweep"]
     t0, cpu0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     slurm = start(slurm_cmd, remote)
     try:
-        # The corpus job (the slowest, at the head of the DAG) runs once, through Slurm; the
-        # local run starts from a copy of its output and overlaps the Slurm run's polling waits.
+        # the slow corpus job runs once, on Slurm; the local run copies it and overlaps the polls
         corpus = Path(tiny_params()["corpora"]["digits"]["path"])
         while not (remote / corpus).is_dir() and slurm.poll() is None:  # written atomically
             time.sleep(1)

@@ -153,8 +153,7 @@ def test_dvc_repro_is_idempotent_and_reruns_only_late_jobs(project):
     assert "small-gallery" in text and "map_final_avg" in text
     assert {m: m.stat().st_mtime_ns for m in models} == stamps  # no retraining either
 
-    # metrics.json and the plot CSVs are committed (cache: false, not git-ignored), so the
-    # experiment's numbers compare against the commit's, not against nothing
+    # metrics.json and plot CSVs are committed (cache: false), so a diff has an old side
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
     assert any(v["old"] is not None and v["new"] is not None
                for v in diff["reports/metrics.json"].values()), diff
