@@ -24,6 +24,7 @@ from cmcl.io import (
 )
 from cmcl.metrics import retrieval_metrics, zero_shot_accuracy
 from cmcl.settings import EvalConfig, EvalSettings
+from cmcl.settings import relevance as task_relevance
 from cmcl.shards import read_features
 from cmcl.steps import load_model, load_strategy
 
@@ -57,7 +58,7 @@ def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: EvalSetting
     bs = ec.batch_size
     za, zb = embed(fn, a, data[a], bs, normalize), embed(fn, b, data[b], bs, normalize)
     labels = torch.as_tensor(data["labels"])
-    relevance = task.get("relevance") or ("label" if task.get("pairing") == "class" else "instance")
+    relevance = task_relevance(task)
     out = retrieval_metrics(za, zb, labels if relevance == "label" else None, relevance,
                             ks=ec.ks, n_subsets=ec.n_subsets, subset_size=ec.subset_size,
                             seed=ec.seed)

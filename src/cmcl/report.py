@@ -22,11 +22,12 @@ from cmcl.io import atomic_path, write_json
 from cmcl.metrics import accuracy_matrix, continual_metrics
 from cmcl.report_tuning import markdown_resources, markdown_tuning
 from cmcl.schema import defaults
+from cmcl.settings import relevance
 from cmcl.tuning import read_tuned
 
 REQUIRED_COLUMNS = ("sequence", "run", "method", "seed", "step", "eval_task", "metric", "value")
 STATS = ("final_avg", "avg_inc", "bwt", "fwt", "forgetting", "mtil_transfer", "mtil_avg")
-TASK_KEYS = ("name", "corpus", "modalities", "pairing", "relevance")
+TASK_KEYS = ("name", "corpus", "modalities", "pairing")  # relevance: settings.relevance
 RELEVANCE_TEXT = {"instance": "instance (hit = paired item)",
                   "label": "label-aware (hit = same class)"}
 
@@ -231,7 +232,7 @@ def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
         ["Step", "Task", "Corpus", "Modalities", "Pairing", "Retrieval relevance"]
         + (["Pairs train/test", "Rejected samples"] if sizes else []),
         [[str(s), t["name"], str(t["corpus"]), " ↔ ".join(map(str, t["modalities"])),
-          str(t["pairing"]), RELEVANCE_TEXT.get(t["relevance"], str(t["relevance"]))]
+          str(t["pairing"]), RELEVANCE_TEXT.get(relevance(t), relevance(t))]
          + ([f"{t['pairs'].get('train', '?')}/{t['pairs'].get('test', '?')}",
              str(t.get("rejected", 0))] if sizes else [])
          for s, t in enumerate(tasks, start=1)])

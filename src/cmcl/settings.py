@@ -157,6 +157,12 @@ class EmbedSettings(Section, CappedShards):
     max_shard_mb: float | None
 
 
+def relevance(task: Mapping) -> str:
+    """A task's retrieval hit rule: its `relevance`, else label-aware for class pairing and
+    instance otherwise (the schema's documented default, applied here for every consumer)."""
+    return task.get("relevance") or ("label" if task.get("pairing") == "class" else "instance")
+
+
 @dataclass(frozen=True)
 class StepConfig:
     """An init or training step: the model, loss and train sections, the task(s) it trains on

@@ -176,3 +176,12 @@ def test_a_trivial_widest_recall_is_flagged(tmp_path):
            "esc (8 pairs)." in md
     build_report(_synthetic(), {"s": TASKS}, tmp_path / "b")  # sizes unknown: no claim
     assert "by construction" not in (tmp_path / "b/report.md").read_text()
+
+
+def test_relevance_left_to_its_default_is_reported_as_evaluation_applies_it(tmp_path):
+    """A class-paired task without `relevance` is scored label-aware; the report says so."""
+    tasks = [{k: v for k, v in t.items() if k != "relevance"} for t in TASKS]
+    build_report(_synthetic(), {"s": tasks}, tmp_path)
+    rows = {line.split(" | ")[1]: line for line in (tmp_path / "report.md").read_text()
+            .splitlines() if " | sample | " in line or " | class | " in line}
+    assert "label-aware" in rows["esc"] and "instance" in rows["coco"], rows
