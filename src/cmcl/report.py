@@ -105,7 +105,7 @@ def _file_stem(method: str) -> str:
 
 
 def _step_labels(names: Sequence[str]) -> list[str]:
-    return ["0 (zero-shot)"] + [f"{s}: {n}" for s, n in enumerate(names, start=1)]
+    return ["0 (untrained)"] + [f"{s}: {n}" for s, n in enumerate(names, start=1)]
 
 
 def _new_figure(width: float, height: float) -> Figure:

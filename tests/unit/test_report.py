@@ -108,7 +108,7 @@ def test_report_markdown_tables(built):
     assert "label-aware (hit = same class)" in text
     assert "(plots/s/stability_plasticity.png)" in text and "(plots/s/acc_matrix_ft.png)" in text
     assert "## Sequence `s`" in text and "## Overview" not in text  # one sequence: no overview
-    assert "2 seed" in text and "| 0 (zero-shot) |" in text and "| 3: esc |" in text
+    assert "2 seed" in text and "| 0 (untrained) |" in text and "| 3: esc |" in text
 
 
 def test_single_seed_omits_std(tmp_path):
