@@ -229,11 +229,16 @@ def cmd_methods(a) -> None:
 
 
 def cmd_validate(a) -> None:
-    from cmcl.config import load
+    from cmcl.config import check, compose, load, sources
 
-    p = load(a.params, as_configfile=True)
+    files = a.params or ["params.yaml"]
+    if len(files) == 1:  # errors name the file itself, as they always have
+        p = load(files[0], as_configfile=True)
+    else:  # composed as the Snakefile composes `--configfile f1 f2 ...`
+        p = check(compose(files), source=sources(files))
+    names = " ".join(map(str, files))
     seqs = ", ".join(f"{s} ({len(t)} tasks)" for s, t in p["sequences"].items())
-    print(f"{a.params}: ok as `snakemake --configfile {a.params}` runs it (sequences {seqs}; "
+    print(f"{names}: ok as `snakemake --configfile {names}` runs it (sequences {seqs}; "
           f"methods {p['train']['methods']}; seeds {p['train']['seeds']})")
 
 
@@ -355,8 +360,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-root", default="results/tune", help="<seq>/<method>/worker*.json")
     p.add_argument("--out", required=True)
     verb("methods", cmd_methods, "list the registered continual-learning methods")
-    p = verb("validate", cmd_validate, "check a params file against the schema")
-    p.add_argument("params", nargs="?", default="params.yaml")
+    p = verb("validate", cmd_validate, "check params files as `snakemake --configfile` "
+             "composes them")
+    p.add_argument("params", nargs="*", help="params files, merged in order "
+                   "(default: params.yaml)")
     p = verb("verify", cmd_verify, "list artifacts whose files differ from the sha256 their "
              "producer recorded, and how to repair them")
     p.add_argument("paths", nargs="*", help="artifact folders or files (default: "

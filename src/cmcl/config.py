@@ -224,10 +224,13 @@ def compose(files: list[str | Path], default_base: str | Path = "params.yaml",
             extra: Mapping | None = None) -> dict:
     """The configuration that `snakemake --configfile f1 f2 ...` runs, honouring `extends`.
 
-    Without `extends`, the files are merged over `default_base` (Snakemake's behaviour). The
-    last file that declares `extends` decides the base instead: a path (relative to the
-    working directory), or null for none, so a complete file such as a paper setting runs
-    exactly as written. `extra` (Snakemake's --config) is merged last.
+    The files are merged, in order, over a base: the base the last file declaring `extends`
+    names (null: none, so a complete file such as a paper setting runs exactly as written),
+    else `default_base` (Snakemake's behaviour). A base is composed the same way, to the root
+    of its chain: a file whose `extends` is null, or one with no `extends` (merged over
+    `default_base`, as it would be given alone), or `default_base` itself. An `extends` path is
+    relative to the working directory, else (not there) to the folder of the file declaring
+    it; a cycle is an error naming its files. `extra` (Snakemake's --config) is merged last.
     """
     return compose_noting(files, default_base, extra)[0]
 
@@ -235,19 +238,66 @@ def compose(files: list[str | Path], default_base: str | Path = "params.yaml",
 MERGED_SECTIONS = ("corpora", "tasks", "sequences")  # declarations a file may redefine
 
 
-def _base_of(layers: list[dict], default_base: str | Path) -> str | Path | None:
-    """What the files merge over: the last `extends`, else default_base (if it exists)."""
-    declared = [layer["extends"] for layer in layers if "extends" in layer]
-    base = declared[-1] if declared else default_base
-    if base is not None and not declared and not Path(base).exists():
-        return None  # a lone complete file validated outside the project folder
-    return base
+def _extends_path(value: object, declared_in: str | Path) -> Path:
+    """An `extends` value as a file: from the working directory (as pipeline/params/*.yaml
+    spell it), else beside the file declaring it (a chain kept together in one folder)."""
+    if not isinstance(value, str) or not value:
+        raise ParamsError(f"{declared_in}: extends: expected a params file's path or null, "
+                          f"got {value!r}")
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    beside = Path(declared_in).parent / path
+    if beside.exists():
+        return beside
+    raise ParamsError(f"{declared_in}: extends: '{value}' does not exist (looked in the "
+                      f"working directory and in {Path(declared_in).parent}/)")
+
+
+def _same(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _base_of(files: list[str | Path], layers: list[dict],
+             default_base: str | Path) -> list[tuple[Path, dict]]:
+    """What the files merge over, root first: the chain of the last `extends`, else of
+    default_base (none if it does not exist: a lone complete file outside the project)."""
+    declared = [(f, layer["extends"]) for f, layer in zip(files, layers, strict=True)
+                if "extends" in layer]
+    if declared:
+        origin, value = declared[-1]
+        if value is None:
+            return []
+        current: Path | None = _extends_path(value, origin)
+        trail = [Path(origin)]  # the declaring file: a chain back to it is a cycle
+    else:
+        current = Path(default_base) if Path(default_base).exists() else None
+        trail = []
+    chain: list[tuple[Path, dict]] = []
+    while current is not None:
+        if any(_same(current, seen) for seen in trail):
+            names = " -> ".join(map(str, [*trail, current]))
+            raise ParamsError(f"extends: a cycle ({names}); end the chain with `extends: null` "
+                              "or a file without `extends`")
+        trail.append(current)
+        layer = read_params(current)
+        chain.append((current, layer))
+        if "extends" in layer:
+            value = layer["extends"]
+            current = None if value is None else _extends_path(value, current)
+        elif Path(default_base).exists() and not _same(current, default_base):
+            current = Path(default_base)  # merged over params.yaml, as given alone
+        else:
+            current = None
+    return chain[::-1]
 
 
 def sources(files: list[str | Path], default_base: str | Path = "params.yaml") -> str:
-    """The files a composed configuration came from, base first (for error messages)."""
-    base = _base_of([read_params(f) for f in files], default_base) if files else default_base
-    return " + ".join(map(str, [*([base] if base is not None else []), *files]))
+    """The files a composed configuration came from, root first (for error messages)."""
+    if not files:
+        return str(default_base)
+    base = _base_of(files, [read_params(f) for f in files], default_base)
+    return " + ".join(map(str, [*(path for path, _ in base), *files]))
 
 
 def compose_noting(files: list[str | Path], default_base: str | Path = "params.yaml",
@@ -258,24 +308,28 @@ def compose_noting(files: list[str | Path], default_base: str | Path = "params.y
     replaced), silently in Snakemake; the notice says which, so a reused name is a choice.
     """
     layers = [read_params(f) for f in files]
-    base = _base_of(layers, default_base)
-    out = read_params(base) if base is not None else {}
-    merged: list[str] = []
-    for f, layer in zip(files, layers, strict=True):
+    out: dict = {}
+    declared_by: dict[tuple[str, str], str | Path] = {}  # the last file declaring each name
+    merged: list[tuple[str, str | Path]] = []  # (what, by which file), declared before where
+    for f, layer in [*_base_of(files, layers, default_base), *zip(files, layers, strict=True)]:
         for sect in MERGED_SECTIONS:
-            have = out.get(sect)
-            for name in (layer.get(sect) or {}) if isinstance(have, Mapping) else ():
-                if name in have:
+            given = layer.get(sect)
+            for name in given if isinstance(given, Mapping) else ():
+                before = declared_by.get((sect, name))
+                if before is not None and not _same(before, f):  # a file again: no news
                     how = "replaced" if sect == "sequences" else "merged key by key"
-                    merged.append(f"{sect}.{name} ({how}, by {f})")
+                    merged.append((f"{sect}.{name} ({how}, by {f}", before))
+                declared_by[(sect, name)] = f
         out = deep_merge(out, layer)
     out = deep_merge(out, extra or {})
     out.pop("extends", None)
     note = None
     if merged:
-        note = (f"cmcl: notice: {', '.join(merged)} already declared in {base}: keys the file "
-                "does not set keep their values there; use a new name for a new declaration, "
-                "or `extends: null` to run the file alone")
+        earlier = {str(before) for _, before in merged}
+        what = (", ".join(f"{w})" for w, _ in merged) + f" already declared in {earlier.pop()}"
+                if len(earlier) == 1 else ", ".join(f"{w} over {b})" for w, b in merged))
+        note = (f"cmcl: notice: {what}: keys a file does not set keep their earlier values; "
+                "use a new name for a new declaration, or `extends: null` to run the file alone")
     return out, note
 
 

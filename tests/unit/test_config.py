@@ -242,3 +242,104 @@ def test_params_too_malformed_for_cross_field_checks_still_name_the_schema_error
     p["tasks"] = ["t1"]  # every cross-field rule reads tasks as a mapping
     with pytest.raises(ParamsError, match=r"tasks: \['t1'\] is not of type 'object'"):
         check(p)
+
+
+def _write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_extends_is_followed_to_the_root_of_its_chain(tmp_path, monkeypatch):
+    """myl2b -> myl2 -> my (no extends: over params.yaml): every file's keys, in chain order."""
+    from cmcl.config import compose, sources
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "params.yaml", (ROOT / "params.yaml").read_text())
+    (tmp_path / "pipeline").symlink_to(ROOT / "pipeline")  # the tuned file params.yaml names
+    _write(tmp_path / "my.yaml", "train:\n  methods: [finetune, dns]\n  seeds: [1]\n")
+    _write(tmp_path / "myl2.yaml", "extends: my.yaml\ntrain:\n  epochs: 2\n  lr: 0.2\n")
+    _write(tmp_path / "myl2b.yaml", "extends: myl2.yaml\ntrain:\n  lr: 0.5\n")
+    got = compose(["myl2b.yaml"])
+    assert got["train"]["methods"] == ["finetune", "dns"] and got["train"]["seeds"] == [1]
+    assert got["train"]["epochs"] == 2 and got["train"]["lr"] == 0.5  # the last file wins
+    assert got["corpora"] == read_yaml(tmp_path / "params.yaml")["corpora"]  # the root's
+    assert "extends" not in got
+    assert sources(["myl2b.yaml"]) == "params.yaml + my.yaml + myl2.yaml + myl2b.yaml"
+    # as if the chain were given on the command line: the same configuration
+    assert compose(["my.yaml", "myl2.yaml", "myl2b.yaml"]) == got
+    check(got)  # and it validates
+
+
+def read_yaml(path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_extends_chain_of_the_paper_settings_keeps_their_composition(tmp_path):
+    """unibind.yaml extends imagebind.yaml (extends: null): a file extending unibind gets both."""
+    from cmcl.config import compose, sources
+
+    mine = _write(tmp_path / "ub.yaml", "extends: pipeline/params/unibind.yaml\n"
+                                        "train:\n  seeds: [7]\n")
+    uni = compose(["pipeline/params/unibind.yaml"], default_base=ROOT / "params.yaml")
+    got = compose([mine], default_base=ROOT / "params.yaml")
+    assert got == {**uni, "train": {**uni["train"], "seeds": [7]}}
+    assert sources([mine]) == (f"pipeline/params/imagebind.yaml + pipeline/params/unibind.yaml"
+                               f" + {mine}")
+
+
+def test_extends_path_is_tried_beside_the_declaring_file_and_a_missing_one_is_named(
+        tmp_path, monkeypatch):
+    from cmcl.config import compose, sources
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "cfg/base.yaml", "extends: null\nkeep: 1\n")
+    _write(tmp_path / "cfg/top.yaml", "extends: base.yaml\nmine: 2\n")  # not in the cwd
+    assert compose(["cfg/top.yaml"]) == {"keep": 1, "mine": 2}
+    assert sources(["cfg/top.yaml"]) == "cfg/base.yaml + cfg/top.yaml"
+    _write(tmp_path / "cfg/bad.yaml", "extends: nowhere.yaml\n")
+    with pytest.raises(ParamsError, match=r"cfg/bad\.yaml: extends: 'nowhere\.yaml' does not "
+                                          r"exist \(looked in the working directory and in "
+                                          r"cfg/\)"):
+        compose(["cfg/bad.yaml"])
+    _write(tmp_path / "cfg/num.yaml", "extends: 3\n")
+    with pytest.raises(ParamsError, match=r"cfg/num\.yaml: extends: expected a params file's "
+                                          r"path or null, got 3"):
+        compose(["cfg/num.yaml"])
+
+
+def test_an_extends_cycle_is_an_error_naming_its_files(tmp_path, monkeypatch):
+    from cmcl.config import compose, sources
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    _write(tmp_path / "b.yaml", "extends: c.yaml\n")
+    _write(tmp_path / "c.yaml", "extends: a.yaml\n")
+    _write(tmp_path / "self.yaml", "extends: self.yaml\n")
+    for fn in (compose, sources):
+        with pytest.raises(ParamsError, match=r"extends: a cycle \(a\.yaml -> b\.yaml -> "
+                                              r"c\.yaml -> a\.yaml\)"):
+            fn(["a.yaml"])
+    with pytest.raises(ParamsError, match=r"a cycle \(self\.yaml -> self\.yaml\)"):
+        compose(["self.yaml"])
+
+
+def test_the_default_base_and_a_lone_file_compose_as_before(tmp_path, monkeypatch):
+    """params.yaml is the root (no extends of its own); a file outside the project runs alone."""
+    from cmcl.config import compose, compose_noting, sources
+
+    assert compose([ROOT / "params.yaml"], default_base=ROOT / "params.yaml") == \
+        read_yaml(ROOT / "params.yaml")
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    _write(tmp_path / "alone.yaml", "x: 1\n")
+    assert compose(["alone.yaml"]) == {"x": 1} and sources(["alone.yaml"]) == "alone.yaml"
+    assert sources([]) == "params.yaml"
+    # a redeclared task in a chain is noted, naming the file it was declared in
+    _write(tmp_path / "base.yaml", "extends: null\ntasks:\n  t: {corpus: c}\n")
+    _write(tmp_path / "mid.yaml", "extends: base.yaml\ntasks:\n  t: {classes: [1]}\n")
+    _write(tmp_path / "top.yaml", "extends: mid.yaml\n")
+    got, note = compose_noting(["top.yaml"])
+    assert got["tasks"]["t"] == {"corpus": "c", "classes": [1]}
+    assert note and "tasks.t (merged key by key, by mid.yaml) already declared in base.yaml" \
+        in note
+    assert compose_noting(["mid.yaml", "mid.yaml"])[1].count("tasks.t") == 1  # a file again
