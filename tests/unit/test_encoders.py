@@ -188,3 +188,30 @@ def test_params_schema_accepts_the_encoder_specs():
         assert re.match(pattern, spec), spec
     for spec in ("pixels:", "pixels:big", "logmel:", "logmel:x", "hf-clap:", "clap:/m"):
         assert not re.match(pattern, spec), spec
+
+
+def test_encoder_specs_are_checked_at_startup(tmp_path):
+    """Unknown kinds, checkpoint kinds without a path or with a missing file (one line for the
+    modalities sharing a spec) are refused before any job runs."""
+    import yaml
+    from helpers.data import ROOT
+
+    from cmcl.config import ParamsError, check
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    missing = tmp_path / "nowhere.pth"
+    p["embed"]["encoders"] = {"text": f"imagebind:{missing}", "image": f"imagebind:{missing}",
+                              "audio": "hf-clap:", "video": "x-clip"}
+    with pytest.raises(ParamsError) as e:
+        check(p)
+    msg = str(e.value)
+    assert f"embed.encoders.text/image: encoder 'imagebind:{missing}': '{missing}' does not " \
+           "exist" in msg
+    assert "embed.encoders.audio: encoder 'hf-clap:' names no checkpoint" in msg
+    assert "embed.encoders.video: unknown encoder 'x-clip'" in msg
+    missing.touch()
+    centres = tmp_path / "c.safetensors"
+    p["embed"]["encoders"] = {**yaml.safe_load((ROOT / "params.yaml").read_text())["embed"][
+        "encoders"], "image": f"unibind:{missing},centres={centres}"}
+    with pytest.raises(ParamsError, match=f"'{centres}' does not exist"):
+        check(p)

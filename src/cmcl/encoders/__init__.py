@@ -69,6 +69,26 @@ def get_encoder(spec: str, modality: str | None = None, dtype: str = "float32") 
     return cls()
 
 
+def spec_problems(where: str, spec: str) -> list[str]:
+    """What is wrong with an encoder spec before any job runs (torch-free): an unknown kind,
+    or a checkpoint kind without an existing local path (and `key=<file>` items that exist)."""
+    name, _, body = spec.partition(":")
+    kinds = (*HF_KINDS, *IMAGEBIND_KINDS, "unibind")
+    if name not in ENCODERS and name not in kinds:
+        return [f"{where}: unknown encoder '{spec}' (built-in: {sorted(ENCODERS)}; checkpoint "
+                f"kinds as '<kind>:<local path>': {list(kinds)})"]
+    if name not in kinds:
+        return []
+    path, *items = body.split(",")
+    if not path:
+        return [f"{where}: encoder '{spec}' names no checkpoint; give its local path, e.g. "
+                f"'{name}:/models/my-model'"]
+    files = [path, *(v for _, eq, v in (i.partition("=") for i in items) if eq and v)]
+    return [f"{where}: encoder '{spec}': '{f}' does not exist (nothing is downloaded: put the "
+            "checkpoint there or point the spec at it)" for f in files
+            if not os.path.exists(os.path.expanduser(f))]
+
+
 @register_encoder("precomputed")
 class Precomputed(Encoder):
     """Features extracted elsewhere (e.g. the DNS authors' HDF5 files): `.npy` rows pass through.
