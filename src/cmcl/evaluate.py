@@ -59,6 +59,14 @@ def score_task(fn, has_text: bool, task: Mapping, data: Mapping, ec: EvalSetting
     za, zb = embed(fn, a, data[a], bs, normalize), embed(fn, b, data[b], bs, normalize)
     labels = torch.as_tensor(data["labels"])
     relevance = task_relevance(task)
+    unlabelled = int((labels < 0).sum())
+    if unlabelled and (relevance == "label" or unlabelled < len(labels)):
+        need = ("relevance 'label' needs a label on every sample (each -1 would count as one "
+                "class)" if relevance == "label" else
+                "a split is labelled throughout or not at all (zero-shot accuracy would be "
+                "left out)")
+        raise ValueError(f"task '{task['name']}': {unlabelled} of {len(labels)} samples have "
+                         f"no label (-1); {need}")
     out = retrieval_metrics(za, zb, labels if relevance == "label" else None, relevance,
                             ks=ec.ks, n_subsets=ec.n_subsets, subset_size=ec.subset_size,
                             seed=ec.seed)

@@ -29,6 +29,11 @@ def _relevance_mask(nq: int, ng: int, q_labels: torch.Tensor | None,
         q, g = q_labels.reshape(-1).cpu(), g_labels.reshape(-1).cpu()
         if len(q) != nq or len(g) != ng:
             raise ValueError(f"label lengths ({len(q)}, {len(g)}) do not match sim {nq}x{ng}")
+        if (q < 0).any() or (g < 0).any():  # -1 is 'unlabelled': all of them would match
+            raise ValueError(f"label relevance needs a class label >= 0 on every item; "
+                             f"{int((q < 0).sum())} of {nq} queries and {int((g < 0).sum())} "
+                             f"of {ng} gallery items have none (-1), and would all count as "
+                             "one class")
         return q[:, None] == g[None, :]
     raise ValueError(f"relevance must be 'instance' or 'label', got {relevance!r}")
 

@@ -14,7 +14,7 @@ import inspect
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from cmcl.io import (
     sha256_file,
     write_json,
 )
-from cmcl.settings import CorpusSettings
+from cmcl.settings import CorpusSettings, relevance
 from cmcl.shard_writer import write_index, write_shards  # noqa: F401  (re-exported: importers)
 from cmcl.tario import KEY_OK, npy_bytes, tar_key  # noqa: F401  (re-exported: importers)
 
@@ -40,7 +40,8 @@ Pair = tuple[str, int | None, dict]
 
 
 def iter_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int = 0,
-               max_per_class: int | None = None) -> Iterator[Pair]:
+               max_per_class: int | None = None,
+               names: Sequence[str] | None = None) -> Iterator[Pair]:
     """Yield the (key, label, {modality: (ext, payload)}) pairs of one task split.
 
     pairing "sample": both modalities come from the same corpus row; streamed, so a corpus
@@ -48,24 +49,34 @@ def iter_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int =
     pairing "class": items of modality a and b with the same label are matched; the smaller
     side is cycled so that every item of the larger side appears once (seeded shuffle). This
     needs every item of the split at once, so it holds the split's payloads in memory.
+
+    Once every pair is out, the split is refused (`_check_labels`) if its samples are partly
+    labelled, unlabelled where the task needs labels, or leave one of the task's `classes`
+    (indices; `names` their class names, for the message) without a pair.
     """
     a, b = task["modalities"]
     classes = task.get("classes")
     keep = set(classes) if classes else None
     rows = (s for s in samples if s.split == split and (keep is None or s.label in keep))
+    count = _LabelCount()
     if task.get("pairing", "sample") == "sample":
-        yield from _cap(((s.id, s.label, {a: s.data[a], b: s.data[b]}) for s in rows
-                         if a in s.data and b in s.data), max_per_class)
+        both = (count(s) for s in rows if a in s.data and b in s.data)
+        yield from _cap(((s.id, s.label, {a: s.data[a], b: s.data[b]}) for s in both),
+                        max_per_class)
+        _check_labels(task, split, count, set(), names)
         return
     rng = np.random.default_rng(seed)
     side: dict[str, dict[int, list[Sample]]] = {a: defaultdict(list), b: defaultdict(list)}
     for s in rows:
+        if a not in s.data and b not in s.data:
+            continue
+        count(s)
         if s.label is None:
-            raise ValueError(f"task '{task['name']}': pairing by class needs labels; "
-                             f"sample '{s.id}' has none")
+            continue
         for m in (a, b):
             if m in s.data:
                 side[m][s.label].append(s)
+    _check_labels(task, split, count, set(side[a]) ^ set(side[b]), names)
     out = []
     for label in sorted(set(side[a]) & set(side[b])):
         xs, ys = side[a][label], side[b][label]
@@ -76,6 +87,57 @@ def iter_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int =
             sa, sb = xs[i % len(xs)], ys[i % len(ys)]
             out.append((f"{sa.id}+{sb.id}", label, {a: sa.data[a], b: sb.data[b]}))
     yield from _cap(out, max_per_class)
+
+
+class _LabelCount:
+    """Counts a task split's samples, labelled and not, and the labels seen, as they pass."""
+
+    def __init__(self) -> None:
+        self.labelled = self.unlabelled = 0
+        self.first_unlabelled: str | None = None
+        self.first_labelled: str | None = None
+        self.labels: set[int] = set()
+
+    def __call__(self, s: Sample) -> Sample:
+        if s.label is None:
+            self.unlabelled += 1
+            self.first_unlabelled = self.first_unlabelled or s.id
+        else:
+            self.labelled += 1
+            self.first_labelled = self.first_labelled or s.id
+            self.labels.add(s.label)
+        return s
+
+
+def _check_labels(task: Mapping, split: str, count: _LabelCount, one_sided: set[int],
+                  names: Sequence[str] | None) -> None:
+    """Refuse a split whose labels cannot be scored: a mix of labelled and unlabelled samples
+    (the unlabelled ones would be scored as one more class), no labels where the task's
+    pairing or relevance needs them, or a task class with no pair (a phantom class).
+    `one_sided`: classes with items of one modality only (class pairing makes no pair)."""
+    where = f"task '{task['name']}': split '{split}' of corpus '{task.get('corpus', '?')}'"
+    n = count.labelled + count.unlabelled
+    if count.labelled and count.unlabelled:
+        raise ValueError(f"{where}: {count.unlabelled} of {n} samples have no label (first: "
+                         f"'{count.first_unlabelled}'), {count.labelled} have one (first: "
+                         f"'{count.first_labelled}'); a task's samples must all be labelled "
+                         "or all unlabelled: label the rest, or narrow the task with `classes`")
+    need = [f"pairing '{task['pairing']}'"] if task.get("pairing") == "class" else []
+    need += [] if need or relevance(task) != "label" else ["relevance 'label'"]
+    if count.unlabelled and need:
+        raise ValueError(f"{where}: {need[0]} needs a label on every sample, but none of its "
+                         f"{n} samples has one (first: '{count.first_unlabelled}'); give the "
+                         "manifest a `label` column (class index or name) or use "
+                         "`pairing: sample` with `relevance: instance`")
+    wanted = sorted(task.get("classes") or ())
+    empty = [c for c in wanted if c not in count.labels or c in one_sided]
+    if empty and n:
+        named = ", ".join(f"{c} ({names[c]!r})" if names and c < len(names) else str(c)
+                          for c in empty)
+        raise ValueError(f"{where}: the task's class(es) {named} have no sample with both "
+                         f"{list(task['modalities'])} in this split; a class without pairs "
+                         "scores as if it were not there: drop it from `tasks."
+                         f"{task['name']}.classes` or add samples")
 
 
 def task_pairs(task: Mapping, samples: Iterable[Sample], split: str, seed: int = 0,
@@ -138,7 +200,7 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
     only = ({"modalities": list(task["modalities"])}
             if "modalities" in inspect.signature(samples).parameters else {})
     pairs = iter_pairs(task, good(samples(split, workers=workers, **only)), split,
-                       CorpusSettings.of(corpus).seed, max_per_class)
+                       CorpusSettings.of(corpus).seed, max_per_class, info.classes)
     with atomic_dir(out_dir) as tmp:
         n = sum(write_shards(tmp, records(pairs), samples_per_shard, "", max_shard_bytes,
                              split, f"task '{task['name']}': split '{split}' of corpus "

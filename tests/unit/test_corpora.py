@@ -133,3 +133,25 @@ def test_an_unknown_adapter_is_refused_at_startup_naming_the_key(tmp_path):
     with pytest.raises(ParamsError, match=r"corpora.mine.adapter: 'ucf_101' is not a corpus "
                                           r"adapter \(\['clotho', "):
         check(p)
+
+
+def test_class_names_resolve_in_nfc_and_a_name_twice_is_refused(tmp_path):
+    """A decomposed 'ü' in one place and a composed one in another name the same class."""
+    import json
+    import unicodedata
+
+    from cmcl.corpora import class_names, resolve_classes, startup_classes
+
+    nfc, nfd = (unicodedata.normalize(f, "grüne Welle") for f in ("NFC", "NFD"))
+    assert nfc != nfd
+    assert resolve_classes([nfd, "rot"], ["rot", nfc], "tasks.t.classes") == [1, 0]
+    assert resolve_classes([nfc], ["rot", nfd], "tasks.t.classes") == [1]
+    assert class_names(["rot", nfd], "corpus.json") == ["rot", nfc]
+    with pytest.raises(ValueError, match=r"corpus\.json: `classes` lists \['grüne Welle'\] more "
+                                         r"than once \(compared in Unicode NFC\)"):
+        class_names([nfc, "rot", nfd], "corpus.json")
+    with pytest.raises(ValueError, match=r"`classes` must be a list of class-name strings"):
+        class_names(["rot", 3], "corpus.json")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c/corpus.json").write_text(json.dumps({"classes": ["rot", nfd]}))
+    assert startup_classes({"path": str(tmp_path / "c")}) == (True, ["rot", nfc])

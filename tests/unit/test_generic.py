@@ -204,3 +204,79 @@ def test_a_task_reads_and_verifies_only_its_own_modalities(tmp_path):
     kept = shard_task(image, {"path": str(corpus), "options": {"on_error": "skip"}}, "train",
                       tmp_path / "s")
     assert kept == 15
+
+
+@pytest.mark.parametrize("csv_file", [False, True])
+def test_split_values_other_than_train_and_test_are_refused(corpus, tmp_path, csv_file):
+    """Rows of split "Train" or "val" used to be dropped from every task, 0 rejected."""
+    rows = _rows(corpus)
+    rows[0]["split"], rows[5]["split"] = "Train", "val"
+    if csv_file:
+        rows[7]["split"] = ""
+        f = _to_csv(corpus, rows)
+        where = (r"line 2 \(id 'i00'\): split 'Train', line 7 \(id 'a02'\): split 'val', "
+                 r"line 9 \(id 'a03'\): split ''")
+    else:
+        del rows[7]["split"]
+        _write(corpus, rows)
+        f = corpus / "manifest.jsonl"
+        where = (r"line 1 \(id 'i00'\): split 'Train', line 6 \(id 'a02'\): split 'val', "
+                 r"line 8 \(id 'a03'\): split None")
+    with pytest.raises(ValueError, match=rf"{f}: 3 row\(s\) have a split that is not one of "
+                                         rf"\['train', 'test'\] \(exactly, case included\): "
+                                         rf"{where}$"):
+        shard_task(TASK, {"path": str(corpus)}, "train", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    _write(corpus, [{k: v for k, v in r.items() if k != "split"} for r in rows])
+    with pytest.raises(ValueError, match="lacks the column 'split'"):
+        open_corpus("c", corpus)
+
+
+def test_modalities_are_the_columns_of_every_row(corpus, tmp_path):
+    """Without corpus.json, row 1 (an image row, no `audio` key) used to fix the modalities:
+    'corpus has no modality audio'. A row without a key lacks that modality, as an empty cell."""
+    (corpus / "corpus.json").unlink()
+    info, _ = open_corpus("c", corpus)
+    assert info.modalities == {"image": "file", "text": "inline", "audio": "file"}
+    audio = {"name": "ta", "corpus": "c", "modalities": ["text", "audio"]}
+    assert shard_task(audio, {"path": str(corpus)}, "train", tmp_path / "a") == 16
+    assert {json.loads(s["json"])["id"][0] for s in iter_samples(tmp_path / "a")} == {"a"}
+
+
+@pytest.mark.parametrize("declared, written", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_class_names_and_labels_compare_in_nfc(corpus, tmp_path, declared, written):
+    """A decomposed ü in corpus.json and a composed one in the manifest (or params) used to be
+    'label 'grüne Welle' is not a class name of [... 'grüne Welle' ...]'."""
+    import unicodedata
+
+    def form(f: str) -> str:
+        return unicodedata.normalize(f, "grüne Welle")
+
+    meta = json.loads((corpus / "corpus.json").read_text())
+    (corpus / "corpus.json").write_text(json.dumps(
+        meta | {"classes": ["zero", "one", form(declared), "three"]}))
+    rows = _rows(corpus)
+    for r in rows:
+        if r["label"] == 2:
+            r["label"] = form(written)
+    _write(corpus, rows)
+    info, samples = open_corpus("c", corpus)
+    assert info.classes[2] == form("NFC")  # stored composed
+    assert {s.label for s in samples("test") if s.id.startswith("i2")} == {2}
+    task = TASK | {"classes": [form(written), "one"]}
+    assert shard_task(task, {"path": str(corpus)}, "test", tmp_path / "s") == 4
+    assert json.loads((tmp_path / "s/meta.json").read_text())["classes"][2] == form("NFC")
+
+
+def test_unreadable_image_names_no_python_object(corpus):
+    """PIL's 'cannot identify image file <_io.BytesIO object at 0x7f…>' leaked into the error."""
+    from cmcl.encoders.payloads import read_image
+
+    (corpus / "img/0_0.png").write_bytes(b"not an image at all")
+    _, samples = open_corpus("c", corpus)
+    with pytest.raises(ValueError) as e:
+        list(samples("test"))
+    assert str(e.value).endswith("0_0.png is unreadable (cannot identify image file)")
+    with pytest.raises(ValueError) as e:
+        read_image(b"GIF89a" + bytes(30), "s.tar:k.image.gif", "pixels", "L")
+    assert "object at 0x" not in str(e.value) and "unreadable image (" in str(e.value)

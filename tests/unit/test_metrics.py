@@ -169,3 +169,14 @@ def test_accuracy_matrix_errors():
     late = pd.DataFrame(_rows("r", [(5, "t1", 0.1)]))
     with pytest.raises(ValueError, match="outside"):
         accuracy_matrix(late, "map", ["t1"])
+
+
+def test_label_relevance_refuses_unlabelled_items():
+    """-1 (no label) on both sides used to match as one class: a perfect score by accident."""
+    sim = torch.eye(3)
+    with pytest.raises(ValueError, match=r"label relevance needs a class label >= 0 on every "
+                                         r"item; 3 of 3 queries and 3 of 3 gallery items have "
+                                         r"none \(-1\)"):
+        retrieval_scores(sim, torch.full((3,), -1), torch.full((3,), -1), "label")
+    with pytest.raises(ValueError, match="1 of 3 queries"):
+        retrieval_metrics(sim, sim, torch.tensor([0, -1, 1]), "label")

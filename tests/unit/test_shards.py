@@ -180,3 +180,81 @@ def test_missing_shard_named_in_sizes(tmp_path):
     write_json(tmp_path / "sizes.json", {"000000.tar": 3})
     with pytest.raises(FileNotFoundError, match="missing: \\['000000.tar'\\]"):
         shard_urls(tmp_path)
+
+
+def _relabel(corpus, label_of) -> None:
+    """Rewrite the manifest's labels: `label_of(row)` gives the new label, or ... to drop it."""
+    rows = [json.loads(x) for x in (corpus / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        new = label_of(r)
+        if new is ...:
+            del r["label"]
+        else:
+            r["label"] = new
+    (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("pairing", ["sample", "class"])
+def test_a_partly_labelled_task_is_refused(corpus, tmp_path, pairing):
+    """Unlabelled rows (label "" or absent) used to be scored as one more class (-1), and
+    zero-shot accuracy was silently left out."""
+    _relabel(corpus, lambda r: {"i00": "", "a00": "", "i01": ...}.get(r["id"], r["label"]))
+    task = {"name": "ti", "corpus": "c", "modalities": ["text", "image"], "pairing": pairing}
+    n, first = (8, "i10") if pairing == "sample" else (16, "a01")
+    with pytest.raises(ValueError, match=rf"task 'ti': split 'test' of corpus 'c': "
+                                         rf"{3 if pairing == 'class' else 2} of {n} samples "
+                                         rf"have no label \(first: 'i00'\), "
+                                         rf"{n - (3 if pairing == 'class' else 2)} have one "
+                                         rf"\(first: '{first}'\); a task's samples must all be "
+                                         "labelled or all unlabelled"):
+        shard_task(task, {"path": str(corpus)}, "test", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    # a task of named classes takes only labelled samples
+    assert shard_task(task | {"classes": [1, 2]}, {"path": str(corpus)}, "test",
+                      tmp_path / "k") == (4 if pairing == "sample" else 8)  # texts of 8 rows
+
+
+@pytest.mark.parametrize("task, need", [
+    ({"relevance": "label"}, "relevance 'label'"),
+    ({"pairing": "class"}, "pairing 'class'"),
+    ({"pairing": "class", "relevance": "instance"}, "pairing 'class'"),
+])
+def test_an_unlabelled_task_that_needs_labels_is_refused(corpus, tmp_path, task, need):
+    """With no label column, every -1 counted as one class: untrained step 0 scored 100% mAP."""
+    _relabel(corpus, lambda r: ...)
+    task = TASK | task
+    with pytest.raises(ValueError, match=rf"task 'ti': split 'train' of corpus 'c': {need} "
+                                         r"needs a label on every sample, but none of its \d+ "
+                                         r"samples has one \(first: 'i02'\)"):
+        shard_task(task, {"path": str(corpus)}, "train", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    assert shard_task(TASK, {"path": str(corpus)}, "train", tmp_path / "ok") == 16  # instance
+    assert not any("cls" in s for s in iter_samples(tmp_path / "ok"))
+
+
+def test_a_task_class_without_pairs_is_refused(corpus, tmp_path):
+    """corpus.json's class 'never seen' has no sample: a task [zero, never seen] used to shard
+    pairs of one class (mAP 100% at step 0, zero-shot against a phantom class)."""
+    meta = json.loads((corpus / "corpus.json").read_text())
+    (corpus / "corpus.json").write_text(json.dumps(
+        meta | {"classes": [*meta["classes"], "never seen"]}))
+    corp = {"path": str(corpus)}
+    task = TASK | {"classes": ["zero", "never seen"]}
+    with pytest.raises(ValueError, match=r"task 'ti': split 'test' of corpus 'c': the task's "
+                                         r"class\(es\) 4 \('never seen'\) have no sample with "
+                                         r"both \['text', 'image'\] in this split"):
+        shard_task(task, corp, "test", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    # class pairing: class 'one' without audio in train has images but no pair
+    rows = [json.loads(x) for x in (corpus / "manifest.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if not (r["id"].startswith("a1") and r["split"] == "train")]
+    (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ia = {"name": "ia", "corpus": "c", "modalities": ["image", "audio"], "pairing": "class"}
+    with pytest.raises(ValueError, match=r"split 'train' .* class\(es\) 1 \('one'\) have no "
+                                         r"sample with both \['image', 'audio'\]"):
+        shard_task(ia | {"classes": [0, 1]}, corp, "train", tmp_path / "c")
+    assert shard_task(ia | {"classes": [0, 1]}, corp, "test", tmp_path / "t") == 4
+    # a cap on pairs per class never empties a class; all-class tasks are not checked
+    assert shard_task(TASK | {"classes": [0, 3]}, corp, "test", tmp_path / "m",
+                      max_per_class=1) == 2
+    assert shard_task(TASK, corp, "test", tmp_path / "all") == 8

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,27 @@ def disjoint_splits(ids_by_split: Mapping[str, Iterable[str]], where: str) -> No
                          f"(train/test overlap), e.g. {few}; each sample belongs to one split")
 
 
+def nfc(name: str) -> str:
+    """A class name or label in Unicode NFC: a decomposed 'ü' (NFD) is the same class."""
+    return unicodedata.normalize("NFC", name)
+
+
+def class_names(classes: object, where: str) -> list[str] | None:
+    """A declared class list as NFC strings; a non-string, or a name twice (also once
+    normalised), is refused, naming `where`."""
+    if classes is None:
+        return None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{where}: `classes` must be a list of class-name strings, got "
+                         f"{classes!r}")
+    names = [nfc(c) for c in classes]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise ValueError(f"{where}: `classes` lists {twice} more than once (compared in "
+                         "Unicode NFC); each class is named once")
+    return names
+
+
 # class names of the builtin corpora, known before they are materialised: the torch-free
 # Snakefile parse resolves task classes with them (cmcl.corpora.builtin imports torch)
 BUILTIN_CLASSES = {"digits": ["zero", "one", "two", "three", "four", "five", "six", "seven",
@@ -69,17 +91,18 @@ def resolve_classes(wanted: Sequence[int | str], classes: Sequence[str] | None,
     """A task's `classes` (indices or class names) as indices into the corpus's `classes`.
 
     An integer is an index (checked against the class list when there is one); a string is a
-    class name, which needs the class list. `where` names the key (`tasks.<name>.classes`).
+    class name, which needs the class list (names compare in Unicode NFC). `where` names the
+    key (`tasks.<name>.classes`).
     """
-    names = list(classes) if classes is not None else None
+    names = [nfc(c) for c in classes] if classes is not None else None
     allowed = (f"the corpus's classes are {names} (indices 0..{len(names) - 1})" if names
                else "the corpus declares no class list, so only indices are possible")
     out = []
     for c in wanted:
         if isinstance(c, str):
-            if not names or c not in names:
+            if not names or nfc(c) not in names:
                 raise ValueError(f"{where}: {c!r} is not a class name; {allowed}")
-            out.append(names.index(c))
+            out.append(names.index(nfc(c)))
         elif isinstance(c, bool) or not isinstance(c, int):
             raise ValueError(f"{where}: {c!r} is neither a class index nor a class name")
         elif c < 0 or (names is not None and c >= len(names)):
@@ -110,7 +133,7 @@ def startup_classes(corpus: Mapping) -> tuple[bool, list[str] | None]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_file}: not valid JSON ({e.msg})") from None
     classes = meta.get("classes") if isinstance(meta, dict) else None
-    return True, classes
+    return True, class_names(classes, str(meta_file))
 
 
 def task_class_problems(params: dict) -> list[str]:

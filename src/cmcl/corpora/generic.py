@@ -6,9 +6,13 @@
                                         "classes": ["zero", ...], "templates": ["a {}", ...]}
 
 Without corpus.json, a column named `text` holds inline text and every other modality column
-a path relative to the corpus folder. An empty cell means the sample lacks that modality.
+a path relative to the corpus folder; the modalities are the columns of all rows together. An
+empty cell, or a key a JSONL row leaves out, means the sample lacks that modality.
 A CSV is read as text, never type-inferred: ids `004` and `4` stay two ids, `007.png` keeps
 its zeros.
+
+Every row's split is exactly `train` or `test` (no other name, no other case: a row of split
+`Train` or `val` stops the job naming the manifest and the row, rather than being left out).
 
 Ids are strings compared exactly; they must be unique in the manifest, also once made
 tar-safe (characters outside [A-Za-z0-9_+-] become '_', so `x.1` and `x_1` collide within a
@@ -19,10 +23,12 @@ not a sample, that is inconsistent).
 Labels (the class index of the sample; an empty cell means no label):
 - an integer (JSON/Parquet number, or an integral float such as 3.0) is the class index;
 - a string is first looked up as a class name in corpus.json's `classes` ("cat" -> the index
-  of "cat"); only when it is no class name (or no `classes` are declared) may it be an
-  integer written in decimal ("3" -> index 3, as CSV cells are strings);
+  of "cat"; names and labels compare in Unicode NFC, so a decomposed "ü" matches); only
+  when it is no class name (or no `classes` are declared) may it be an integer written in
+  decimal ("3" -> index 3, as CSV cells are strings);
 - booleans, fractional numbers (1.9), NaN and any other string are refused, naming the
   manifest, the sample and the allowed class names. Indices must lie in 0..len(classes)-1.
+A task's samples are all labelled or all unlabelled; sharding refuses a mix (cmcl.shards).
 """
 
 from __future__ import annotations
@@ -37,11 +43,20 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cmcl.corpora import TEXT_MODALITIES, CorpusInfo, Sample, disjoint_splits, register_adapter
+from cmcl.corpora import (
+    TEXT_MODALITIES,
+    CorpusInfo,
+    Sample,
+    class_names,
+    disjoint_splits,
+    nfc,
+    register_adapter,
+)
 from cmcl.corpora.media import Reader, SampleError, stream, take_options
 from cmcl.tario import tar_key
 
 RESERVED = ("id", "split", "label")
+SPLITS = ("train", "test")  # the splits the pipeline shards; any other value is a typo
 INTEGER = re.compile(r"[0-9]+")  # decimal digits only: "+3", " 3", "3.0", "1e2" are no index
 
 
@@ -106,6 +121,18 @@ def sample_id(value, f: Path, where: str) -> str:
     raise ValueError(f"{f}: {where}: id {value!r} is not a non-empty string (or integer)")
 
 
+def check_splits(f: Path, rows: list[dict], where: list[str]) -> None:
+    """Every row's split is one of SPLITS, exactly: another value (`Train`, `val`) would drop
+    the row from every task without a word."""
+    bad = [f"{w} (id {r.get('id')!r}): split {r.get('split')!r}"
+           for r, w in zip(rows, where, strict=True)
+           if not (isinstance(r.get("split"), str) and r["split"] in SPLITS)]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"{f}: {len(bad)} row(s) have a split that is not one of "
+                         f"{list(SPLITS)} (exactly, case included): {', '.join(bad[:5])}{more}")
+
+
 def check_ids(f: Path, rows: list[dict], where: list[str]) -> list[str]:
     """The rows' ids; a duplicate id, a tar-key collision in a split or an id in two splits
     stops here, naming the manifest and both rows."""
@@ -138,8 +165,8 @@ def label_index(value, classes: list[str] | None, f: Path, sid: str) -> int | No
     allowed = (f"a class name of {classes} or an index 0..{n - 1}" if n else
                "an integer class index (corpus.json declares no `classes` to name them)")
     if isinstance(value, str):
-        if classes and value in classes:
-            return classes.index(value)
+        if classes and nfc(value) in classes:  # classes are NFC (class_names)
+            return classes.index(nfc(value))
         if not INTEGER.fullmatch(value):
             raise ValueError(f"{f}: sample '{sid}': label {value!r} is not {allowed}")
         label = int(value)
@@ -175,15 +202,18 @@ def generic(name: str, path: Path, **options):
         raise ValueError(f"corpus '{name}': manifest in {path} has no rows")
     meta_file = path / "corpus.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    columns = [c for c in rows[0] if c not in RESERVED]
+    # every row's keys: a JSONL row may leave out a modality the others have
+    columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in RESERVED]
     kinds = meta.get("modalities") or {
         c: "inline" if c in TEXT_MODALITIES else "file" for c in columns
     }
     for key in ("id", "split"):
-        if key not in rows[0]:
+        if not any(key in r for r in rows):
             raise ValueError(f"corpus '{name}': manifest in {path} lacks the column '{key}'")
+    check_splits(f, rows, where)
     ids = check_ids(f, rows, where)
-    info = CorpusInfo(name, kinds, meta.get("classes"), meta.get("templates"))
+    info = CorpusInfo(name, kinds, class_names(meta.get("classes"), str(meta_file)),
+                      meta.get("templates"))
     reader = Reader(name, path, opts["verify"])
 
     def build(item: tuple[str, dict], wanted: frozenset[str] | None = None) -> Sample:

@@ -32,6 +32,16 @@ VIDEO_EXT = frozenset({"mp4", "avi", "mkv", "webm", "mov"})
 COMMON = {"verify": True, "on_error": "raise"}
 
 
+# `<_io.BytesIO object at 0x7f...>`: PIL names the stream it read, which tells the user nothing
+OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def error_text(e: BaseException) -> str:
+    """A decoder's message without the in-memory objects it names (`cannot identify image file
+    <_io.BytesIO object at 0x7f...>` -> `cannot identify image file`)."""
+    return OBJECT_REPR.sub("", str(e)).strip()
+
+
 class SampleError(ValueError):
     """One bad sample: the only error `on_error: skip` may swallow; `sample_id` names it in
     rejected.jsonl."""
@@ -126,7 +136,8 @@ class Reader:
             except ImportError:
                 raise
             except Exception as e:  # decoders raise their own types
-                raise self.error(sid, f"{modality} file {file} is unreadable ({e})") from None
+                raise self.error(sid, f"{modality} file {file} is unreadable "
+                                      f"({error_text(e)})") from None
         return ext, data
 
 

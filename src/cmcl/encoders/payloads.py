@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from cmcl.corpora.media import error_text
+
 # (label, category) by magic bytes; categories pick the hint: audio/image/video/array/text
 SUGGEST = {"audio": "logmel", "image": "pixels", "array": "mfcc_stats` or `precomputed",
            "text": "minilm"}
@@ -112,7 +114,7 @@ def read_image(data: bytes, where: str, spec: str, mode: str):
         with Image.open(io.BytesIO(data)) as img:
             return img.convert(mode)
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{where}: unreadable image ({e}); encoder '{spec}' expects "
+        raise ValueError(f"{where}: unreadable image ({error_text(e)}); encoder '{spec}' expects "
                          f"{IMAGE_EXPECTS}") from None
 
 
