@@ -21,8 +21,7 @@ from matplotlib.figure import Figure
 from cmcl.io import atomic_path, write_json
 from cmcl.metrics import accuracy_matrix, continual_metrics
 from cmcl.report_tuning import markdown_resources, markdown_tuning
-from cmcl.schema import defaults
-from cmcl.settings import relevance
+from cmcl.settings import ReportSettings, relevance
 from cmcl.tuning import read_tuned
 
 REQUIRED_COLUMNS = ("sequence", "run", "method", "seed", "step", "eval_task", "metric", "value")
@@ -469,7 +468,7 @@ def report_from_files(cfg: Mapping, evals: Sequence[str | Path], features: Seque
     out = Path(out_dir)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     try:
-        main = {**defaults("report"), **cfg.get("report", {})}["main_metric"]
+        main = ReportSettings.of(cfg.get("report")).main_metric
         return build_report(df, sequences, out, main,
                             cfg.get("variants"), used, tuning, cfg.get("metrics"))
     except BaseException:  # e.g. disk full: no half report (CSVs, figures) of this run stays

@@ -157,6 +157,14 @@ class EmbedSettings(Section, CappedShards):
     max_shard_mb: float | None
 
 
+@dataclass(frozen=True)
+class ReportSettings(Section):
+    NAME = "report"
+
+    main_metric: str
+    expected: str | None
+
+
 def relevance(task: Mapping) -> str:
     """A task's retrieval hit rule: its `relevance`, else label-aware for class pairing and
     instance otherwise (the schema's documented default, applied here for every consumer)."""

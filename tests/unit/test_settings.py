@@ -17,6 +17,7 @@ from cmcl.settings import (
     EvalSettings,
     LossSettings,
     ModelSettings,
+    ReportSettings,
     Section,
     ShardSettings,
     StepConfig,
@@ -24,7 +25,7 @@ from cmcl.settings import (
 )
 
 SECTIONS = [CorpusSettings, ModelSettings, LossSettings, TrainSettings, EvalSettings,
-            ShardSettings, EmbedSettings]
+            ShardSettings, EmbedSettings, ReportSettings]
 
 
 @pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)
