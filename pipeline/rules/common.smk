@@ -160,6 +160,21 @@ def get_sweep_journal(wildcards):
     return f"results/sweep/{wildcards.study}/journal.log"
 
 
+def get_sweep_sources(wildcards, output):
+    """The --configfile files and --config values this run was given, for best.yaml's command
+    (JSON). Names of files change no score: taking `output` makes it derived, no rerun trigger."""
+    import json
+    import os
+
+    def shown(f):  # relative when inside the working directory, as the user would type it
+        rel = os.path.relpath(f)
+        return str(f) if rel.startswith("..") else rel
+
+    cs = workflow.config_settings
+    return json.dumps({"configfiles": [shown(f) for f in workflow.overwrite_configfiles],
+                       "config_args": list(cs.config_args or [])})
+
+
 def get_tune_workers(wildcards):
     return expand("results/tune/{sequence}/{method}/worker{worker}.json",
                   sequence=wildcards.sequence, method=wildcards.method,

@@ -44,13 +44,14 @@ rule sweep_best:
         cfg=get_sweep_cfg,
         journal=get_sweep_journal,
         out_dir=get_out_dir,
+        sources=get_sweep_sources,
     conda:
         "../envs/cmcl.yaml"
     log:
         "logs/sweep/{study}_best.log",
     shell:
         "python -m cmcl sweep-best --cfg {params.cfg:q} --journal {params.journal} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "--out-dir {params.out_dir} --sources {params.sources:q} > {log} 2>&1"
 
 
 rule sweep:

@@ -197,7 +197,7 @@ def cmd_sweep_worker(a) -> None:
 def cmd_sweep_best(a) -> None:
     from cmcl.sweep import best
 
-    s = best(a.cfg, a.features_root, a.journal, a.out_dir)
+    s = best(a.cfg, a.features_root, a.journal, a.out_dir, sources=a.sources)
     print(json.dumps({k: s[k] for k in ("study", "n_trials", "states", "best")}, indent=1))
     print(f"test objective of the best params: {s['test']['objective']:.4f}")
 
@@ -349,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="this worker's summary (JSON)")
         else:
             p.add_argument("--out-dir", required=True)
+            p.add_argument("--sources", type=json.loads, help='{"configfiles": [..], '
+                           '"config_args": [..]} the pipeline ran with, for best.yaml\'s command')
     p = verb("resources", cmd_resources, "samples, state bytes, extra parameters per run")
     p.add_argument("--runs", nargs="+", required=True, help="final step folders of the runs")
     p.add_argument("--out", required=True)

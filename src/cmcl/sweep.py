@@ -10,6 +10,7 @@ pruned there. The first step of a method whose first task does not depend on the
 from __future__ import annotations
 
 import copy
+import shlex
 import shutil
 import tempfile
 import time
@@ -31,6 +32,7 @@ from cmcl.settings import EvalConfig, StepConfig
 from cmcl.stages import method_params, sweep_tasks, task_spec  # noqa: F401  (sweep_tasks re-exported)
 from cmcl.strategies import discover, get_strategy
 from cmcl.train import fit_task, fit_tasks, make_accelerator, new_model, step_seed
+from cmcl.tuning import override_of, shared_keys
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
@@ -43,7 +45,7 @@ def key_path(key: str, method: str) -> list[str]:
 
 
 def apply(params: Mapping, assignment: Mapping, method: str) -> dict:
-    """A copy of params with the assignment's values set (the best.yaml override, too)."""
+    """A copy of params with the assignment's values set (what a trial trains with)."""
     out = copy.deepcopy(dict(params))
     for key, value in assignment.items():
         node = out
@@ -277,9 +279,44 @@ def worker(params: Mapping, feature_root: str | Path, journal: str | Path, worke
     return summary
 
 
+def use_command(best_yaml: str | Path, configfiles: list[str] | None,
+                config_args: list[str] | None = None) -> str:
+    """The command that runs the best params: the study's own --configfile files, then
+    best.yaml (merged last, as Snakemake merges), then its --config values; None: unknown."""
+    files = ["<the --configfile files the study ran with>"] if configfiles is None else [
+        shlex.quote(str(f)) for f in configfiles]
+    cmd = f"snakemake --cores all --configfile {' '.join([*files, shlex.quote(str(best_yaml))])}"
+    if config_args:
+        cmd += " --config " + " ".join(map(shlex.quote, config_args))
+    return cmd
+
+
+def write_best(path: str | Path, study: str, trial: optuna.trial.FrozenTrial, method: str,
+               sources: Mapping | None = None) -> dict:
+    """best.yaml: the swept method's options under methods.<m>, its train.* values under
+    overrides.<m>.train (as tune_export writes them: no other method is retrained), and the
+    command that merges it after the config files the study ran with (`sources`)."""
+    override = override_of(method, trial.params)
+    src = sources or {}
+    lines = [f"best of study {study}: trial {trial.number}, validation objective "
+             f"{trial.value:.6f}",
+             f"use: {use_command(path, src.get('configfiles'), src.get('config_args'))}",
+             f"({method}'s options and train settings: no other method's change)"]
+    shared = shared_keys(trial.params)
+    if shared:
+        lines.append(f"{', '.join(shared)}: shared, every method of train.methods runs with it")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"# {line}\n" for line in lines)
+                       + yaml.safe_dump(override, sort_keys=True))
+    return override
+
+
 def best(params: Mapping, feature_root: str | Path, journal: str | Path,
-         out_dir: str | Path) -> dict:
-    """best.yaml (a params override), figures, and the test scores of the best params."""
+         out_dir: str | Path, sources: Mapping | None = None) -> dict:
+    """best.yaml (a params override), figures, and the test scores of the best params.
+
+    `sources`: {"configfiles": [...], "config_args": [...]} the pipeline ran with, for the
+    command best.yaml names (None: unknown, the command says where they go)."""
     sw = params["sweep"]
     out_dir = Path(out_dir)
     study = open_study(params, journal)
@@ -288,11 +325,7 @@ def best(params: Mapping, feature_root: str | Path, journal: str | Path,
     if not complete:
         raise ValueError(f"{journal}: study '{study.study_name}' has no completed trial")
     bt = study.best_trial
-    override = apply({}, bt.params, sw["method"])
-    with atomic_path(out_dir / "best.yaml") as tmp:
-        tmp.write_text(f"# best of study {study.study_name}: trial {bt.number}, validation "
-                       f"objective {bt.value:.6f}\n# use: snakemake --configfile "
-                       f"{out_dir / 'best.yaml'}\n" + yaml.safe_dump(override, sort_keys=True))
+    write_best(out_dir / "best.yaml", study.study_name, bt, sw["method"], sources)
     _plots(study, sw, out_dir)
     final = apply(params, bt.params, sw["method"])
     runner = ChainRunner(final, load_chain_data(final, feature_root, "test"))

@@ -178,15 +178,27 @@ def study_dir(sequence: str, method: str) -> str:
 # -- export ---------------------------------------------------------------------------------------
 def override_of(method: str, assignment: Mapping) -> dict:
     """A study's best assignment as params: options under methods.<m>, train keys under
-    overrides.<m>.train (the shared train section stays every other method's)."""
+    overrides.<m>.train (the shared train section stays every other method's); another dotted
+    key (a sweep's loss.temperature) at its own path, which no section holds per method."""
     out: dict = {}
     for key, value in assignment.items():
         if key.startswith("train."):
             out.setdefault("overrides", {}).setdefault(method, {}).setdefault(
                 "train", {})[key[6:]] = value
+        elif "." in key:
+            *parents, leaf = key.split(".")
+            node = out
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
         else:
             out.setdefault("methods", {}).setdefault(method, {})[key] = value
     return out
+
+
+def shared_keys(assignment: Mapping) -> list[str]:
+    """The assignment's keys override_of sets for every method, not the swept one's alone."""
+    return [k for k in assignment if "." in k and not k.startswith("train.")]
 
 
 def _short(m: Mapping | None) -> dict | None:

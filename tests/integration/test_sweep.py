@@ -69,7 +69,12 @@ def test_two_concurrent_workers_run_exactly_n_trials(sweep_setup):
     for f in ("best.yaml", "summary.json", "history.png", "importances.png", "slice.png"):
         assert (d / "out" / f).stat().st_size > 0
     override = yaml.safe_load((d / "out/best.yaml").read_text())
-    assert set(override) == {"methods", "train"} and "threshold_in" in override["methods"]["dns"]
+    # the swept method's own: its option under methods.dns, its lr under overrides.dns.train
+    assert set(override) == {"methods", "overrides"}
+    assert "threshold_in" in override["methods"]["dns"]
+    assert set(override["overrides"]) == {"dns"} and "lr" in override["overrides"]["dns"]["train"]
+    assert "# use: snakemake --cores all --configfile <the --configfile files the study ran " \
+        "with> " in (d / "out/best.yaml").read_text()  # no sources given: says where they go
     # best.yaml reruns to the same validation score (deterministic training on CPU)
     rerun = ChainRunner(params, load_chain_data(params, d / "features", "val")).run(
         apply(params, summary["best"]["params"], "dns"))
