@@ -165,10 +165,6 @@ def _problems(params: dict, schema: Mapping) -> list[str]:
                     methods[sw["method"]].options.get("properties", {}):
                 problems.append(f"sweep.space.{key}: not an option of method '{sw['method']}' "
                                 "(use a dotted path such as train.lr for other params)")
-            over = params["overrides"].get(sw["method"], {}).get("train", {})
-            if key.startswith("train.") and key[6:] in over:
-                problems.append(f"sweep.space.{key}: overrides.{sw['method']}.{key} would "
-                                "replace every sampled value")
             if spec["type"] != "categorical" and spec["low"] > spec["high"]:
                 problems.append(f"sweep.space.{key}: low > high")
             if spec.get("log") and spec["type"] != "categorical" and spec["low"] <= 0:

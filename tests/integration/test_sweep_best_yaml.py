@@ -43,9 +43,6 @@ def header_files(text: str) -> list[str]:
     return files[:files.index("--config")] if "--config" in files else files
 
 
-@pytest.mark.xfail(strict=True, reason="config._problems refuses overrides.dns.train.lr while "
-                   "sweep.space holds train.lr, though stages.sweep merges overrides into train "
-                   "before a trial's sampled value is set (the rule is stale; check's owner)")
 def test_best_yaml_of_a_train_lr_sweep_validates_with_the_sweep_files(project):
     _best_yaml_and_its_command(project)
 

@@ -39,10 +39,6 @@ def test_default_params_validate_and_get_defaults():
      "overrides.joint.train.seeds: the experiment matrix is global"),
     (lambda p: p["overrides"].update(nope={"train": {}}), "overrides.nope: not a registered"),
     (lambda p: p["sweep"].update(sequence="other"), "sweep.sequence: 'other' is not declared"),
-    (lambda p: (p["overrides"].update(dns={"train": {"lr": 0.1}}),
-                p["sweep"]["space"].update({"train.lr": {"type": "float", "low": 0.001,
-                                                        "high": 0.1}})),
-     "sweep.space.train.lr: overrides.dns.train.lr would replace every sampled value"),
     (lambda p: p["tasks"]["t2_text_audio"].update(corpus="x"), "tasks.t2_text_audio.corpus: 'x'"),
     (lambda p: p["embed"]["encoders"].update(image="minilm"),
      "embed.encoders.image: encoder 'minilm' encodes 'text', not 'image'"),
@@ -343,3 +339,17 @@ def test_the_default_base_and_a_lone_file_compose_as_before(tmp_path, monkeypatc
     assert note and "tasks.t (merged key by key, by mid.yaml) already declared in base.yaml" \
         in note
     assert compose_noting(["mid.yaml", "mid.yaml"])[1].count("tasks.t") == 1  # a file again
+
+
+def test_a_swept_train_key_wins_over_the_methods_override():
+    """The sweep job gets overrides merged into train, then each trial sets its sampled value:
+    an override of a swept key (a tuned file's lr) neither stops the sweep nor replaces samples."""
+    from cmcl import stages
+    from cmcl.sweep import apply
+
+    p = params()
+    p["overrides"]["dns"] = {"train": {"lr": 0.1}}
+    p["sweep"]["space"]["train.lr"] = {"type": "float", "low": 0.001, "high": 0.1}
+    job = stages.sweep(check(p)).values
+    assert job["overrides"] == {} and job["train"]["lr"] == 0.1
+    assert apply(job, {"train.lr": 0.002}, "dns")["train"]["lr"] == 0.002
