@@ -168,8 +168,8 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
     shipping the bytes between processes costs more than reading them (benchmarks/bench_io.py).
     Only the requested split is read.
     """
-    info, samples = open_corpus(task["corpus"], corpus["path"], corpus.get("adapter", "generic"),
-                                corpus.get("options"))
+    c = CorpusSettings.of(corpus)
+    info, samples = open_corpus(task["corpus"], c.path, c.adapter, c.options)
     for m in task["modalities"]:
         if m not in info.modalities:
             raise ValueError(f"task '{task['name']}': corpus '{task['corpus']}' has no modality "
@@ -200,7 +200,7 @@ def shard_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
     only = ({"modalities": list(task["modalities"])}
             if "modalities" in inspect.signature(samples).parameters else {})
     pairs = iter_pairs(task, good(samples(split, workers=workers, **only)), split,
-                       CorpusSettings.of(corpus).seed, max_per_class, info.classes)
+                       c.seed, max_per_class, info.classes)
     with atomic_dir(out_dir) as tmp:
         n = sum(write_shards(tmp, records(pairs), samples_per_shard, "", max_shard_bytes,
                              split, f"task '{task['name']}': split '{split}' of corpus "

@@ -88,10 +88,10 @@ def storage(params: Mapping, journal: str | Path) -> optuna.storages.BaseStorage
 
 
 def open_study(params: Mapping, journal: str | Path, worker: int = 0) -> optuna.Study:
-    sw = params["sweep"]
+    sw = complete({"sweep": params["sweep"]})["sweep"]  # a library caller's partial section
     sampler = optuna.samplers.TPESampler(seed=sw["seed"] + worker,
-                                         n_startup_trials=sw.get("n_startup_trials", 4))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=sw.get("n_startup_trials", 4),
+                                         n_startup_trials=sw["n_startup_trials"])
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=sw["n_startup_trials"],
                                          n_warmup_steps=1)
     return optuna.create_study(study_name=study_name(params), storage=storage(params, journal),
                                sampler=sampler, pruner=pruner, direction="maximize",
@@ -236,7 +236,7 @@ class ChainRunner:
         a = np.asarray(rows, dtype=float)
         cm = continual_metrics(a)
         bwt = 0.0 if np.isnan(cm["bwt"]) else cm["bwt"]
-        objective = cm["final_avg"] + cfg["sweep"]["objective"].get("bwt_weight", 0.0) * bwt
+        objective = cm["final_avg"] + cfg["sweep"]["objective"]["bwt_weight"] * bwt
         return {"objective": float(objective), "matrix": a.tolist(), "metrics": cm}
 
 
