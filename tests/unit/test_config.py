@@ -353,3 +353,16 @@ def test_a_swept_train_key_wins_over_the_methods_override():
     job = stages.sweep(check(p)).values
     assert job["overrides"] == {} and job["train"]["lr"] == 0.1
     assert apply(job, {"train.lr": 0.002}, "dns")["train"]["lr"] == 0.002
+
+
+def test_a_task_modality_its_corpus_json_does_not_declare_is_refused_at_startup(corpus):
+    p = params()
+    p["corpora"]["mine"] = {"path": str(corpus)}
+    p["tasks"]["mine_tv"] = {"corpus": "mine", "modalities": ["text", "video"]}
+    p["embed"]["encoders"]["video"] = "precomputed"
+    with pytest.raises(ParamsError, match=r"tasks\.mine_tv\.modalities: 'video' is not a "
+                                          r"modality of corpus 'mine' \(.*corpus\.json declares "
+                                          r"\['audio', 'image', 'text'\]\)"):
+        check(p)
+    (corpus / "corpus.json").unlink()  # the manifest's columns decide, when sharding
+    assert "mine_tv" in check(p)["tasks"]

@@ -114,26 +114,50 @@ def resolve_classes(wanted: Sequence[int | str], classes: Sequence[str] | None,
     return out
 
 
-def startup_classes(corpus: Mapping) -> tuple[bool, list[str] | None]:
-    """(known, class list) of a params corpus entry before any job runs: a builtin's names,
-    or a generic corpus's corpus.json; other adapters are resolved when sharding."""
+def _corpus_json(c: CorpusSettings) -> tuple[Path, dict] | None:
+    """A generic corpus's corpus.json (path, contents) at start-up; None without one."""
     import json
 
-    c = CorpusSettings.of(corpus)
-    if c.builtin in BUILTIN_CLASSES:
-        return True, BUILTIN_CLASSES[c.builtin]
-    folder = Path(c.path)
-    if c.adapter != "generic" or not folder.is_dir():
-        return False, None
-    meta_file = folder / "corpus.json"
-    if not meta_file.exists():
-        return True, None
+    meta_file = Path(c.path) / "corpus.json"
+    if c.adapter != "generic" or not meta_file.is_file():
+        return None
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_file}: not valid JSON ({e.msg})") from None
-    classes = meta.get("classes") if isinstance(meta, dict) else None
-    return True, class_names(classes, str(meta_file))
+    return meta_file, meta if isinstance(meta, dict) else {}
+
+
+def startup_classes(corpus: Mapping) -> tuple[bool, list[str] | None]:
+    """(known, class list) of a params corpus entry before any job runs: a builtin's names,
+    or a generic corpus's corpus.json; other adapters are resolved when sharding."""
+    c = CorpusSettings.of(corpus)
+    if c.builtin in BUILTIN_CLASSES:
+        return True, BUILTIN_CLASSES[c.builtin]
+    if c.adapter != "generic" or not Path(c.path).is_dir():
+        return False, None
+    found = _corpus_json(c)
+    if found is None:
+        return True, None
+    meta_file, meta = found
+    return True, class_names(meta.get("classes"), str(meta_file))
+
+
+def task_modality_problems(params: Mapping) -> list[str]:
+    """A task modality that its generic corpus's corpus.json does not declare (known before
+    any job runs; without corpus.json the manifest's columns decide, when sharding)."""
+    problems = []
+    for name, task in params["tasks"].items():
+        corpus = params["corpora"].get(task["corpus"])
+        found = _corpus_json(CorpusSettings.of(corpus)) if corpus is not None else None
+        declared = found[1].get("modalities") if found else None
+        if not isinstance(declared, Mapping):
+            continue
+        for m in task["modalities"]:
+            if m not in declared:
+                problems.append(f"tasks.{name}.modalities: '{m}' is not a modality of corpus "
+                                f"'{task['corpus']}' ({found[0]} declares {sorted(declared)})")
+    return problems
 
 
 def task_class_problems(params: dict) -> list[str]:
