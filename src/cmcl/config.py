@@ -13,7 +13,12 @@ import jsonschema
 
 from cmcl.catalog import methods as catalog
 from cmcl.catalog import resolve_options
-from cmcl.corpora import adapter_names, task_class_problems, task_modality_problems
+from cmcl.corpora import (
+    adapter_names,
+    adapter_option_problems,
+    task_class_problems,
+    task_modality_problems,
+)
 from cmcl.encoders import ENCODERS, spec_problems
 from cmcl.params_file import ParamsError, deep_merge, read_params
 from cmcl.schema import SCHEMA, fill_defaults, load_schema, message  # noqa: F401  (SCHEMA re-exported)
@@ -143,6 +148,7 @@ def _problems(params: dict, schema: Mapping) -> list[str]:
                             "(and no `builtin` corpus is named to create it)")
     problems += task_class_problems(params)  # names -> indices; out-of-range refused
     problems += task_modality_problems(params)
+    problems += adapter_option_problems(params)
     users: dict[str, list[str]] = {}  # one message per spec, however many modalities share it
     for m, enc in params["embed"]["encoders"].items():
         users.setdefault(enc, []).append(m)

@@ -366,3 +366,18 @@ def test_a_task_modality_its_corpus_json_does_not_declare_is_refused_at_startup(
         check(p)
     (corpus / "corpus.json").unlink()  # the manifest's columns decide, when sharding
     assert "mine_tv" in check(p)["tasks"]
+
+
+def test_an_adapter_option_it_does_not_take_is_refused_at_startup(corpus):
+    p = params()
+    p["corpora"]["mine"] = {"path": str(corpus), "options": {"on_eror": "skip"}}
+    with pytest.raises(ParamsError, match=r"corpora\.mine\.options\.on_eror: not an option of "
+                                          r"adapter 'generic' \(did you mean 'on_error'\?\); "
+                                          r"it takes \['on_error', 'verify'\]"):
+        check(p)
+    p["corpora"]["mine"]["options"] = {"on_error": "skip"}
+    assert check(p)["corpora"]["mine"]["options"] == {"on_error": "skip"}
+    p["corpora"]["mine"] = {"path": str(corpus), "adapter": "esc50", "options": {"fold": 1}}
+    with pytest.raises(ParamsError, match=r"options\.fold: not an option of adapter 'esc50'.*"
+                                          r"'test_fold'"):
+        check(p)

@@ -7,6 +7,7 @@ samples, so a new dataset layout is one new adapter module registered here.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import pkgutil
@@ -185,16 +186,45 @@ Adapter = Callable[..., tuple[CorpusInfo, SampleFactory]]
 ADAPTERS: dict[str, Adapter] = {}
 
 
-def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
+ADAPTER_OPTIONS: dict[str, dict] = {}  # adapter -> its own options with their defaults
+COMMON_OPTIONS = {"verify": True, "on_error": "raise"}  # every adapter's (cmcl.corpora.media)
+
+
+def register_adapter(name: str, options: Mapping | None = None) -> Callable[[Adapter], Adapter]:
+    """Register an adapter and its own `options:` keys with their defaults (checked at
+    start-up, and by media.take_options when it runs)."""
     def deco(fn: Adapter) -> Adapter:
         ADAPTERS[name] = fn
+        ADAPTER_OPTIONS[name] = dict(options or {})
         return fn
 
     return deco
 
 
 # an adapter module declares itself with this decorator line, which start-up reads statically
-DECLARED = re.compile(r'^@register_adapter\("([A-Za-z0-9_]+)"\)', re.M)
+DECLARED = re.compile(r'^@register_adapter\("([A-Za-z0-9_]+)"[,)]', re.M)
+
+
+def adapter_option_problems(params: Mapping) -> list[str]:
+    """A corpus's `options:` key its adapter does not take (before any job: only the modules
+    of adapters given options are imported, none of which loads torch)."""
+    problems = []
+    for name, entry in params["corpora"].items():
+        c = CorpusSettings.of(entry)
+        if not c.options:
+            continue
+        for f in Path(__file__).parent.glob("*.py"):
+            if c.adapter in DECLARED.findall(f.read_text(encoding="utf-8")):
+                importlib.import_module(f"{__name__}.{f.stem}")
+        if c.adapter not in ADAPTER_OPTIONS:
+            continue  # an unknown adapter is named by the adapter check
+        known = {**COMMON_OPTIONS, **ADAPTER_OPTIONS[c.adapter]}
+        for key in sorted(set(c.options) - set(known)):
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"corpora.{name}.options.{key}: not an option of adapter "
+                            f"'{c.adapter}'{hint}; it takes {sorted(known)}")
+    return problems
 
 
 def adapter_names() -> list[str]:

@@ -12,7 +12,7 @@ PARTS = {"development": "train", "validation": "val", "evaluation": "test"}
 CAPTIONS = ("caption_1", "caption_2", "caption_3", "caption_4", "caption_5")
 
 
-@register_adapter("clotho")
+@register_adapter("clotho", options={"caption": 1})
 def clotho(name: str, path: Path, **options):
     """Clotho (v1 or v2.x): 15-30 s clips, five captions each, no classes.
 
@@ -33,7 +33,7 @@ def clotho(name: str, path: Path, **options):
     but five copies of each clip make instance retrieval on that split ambiguous), `verify`,
     `on_error`. Sample: id = file stem, no label, modalities audio (.wav bytes) and text.
     """
-    opts = take_options(name, "clotho", options, {"caption": 1})
+    opts = take_options(name, "clotho", options)
     cap = opts["caption"]
     if cap != "all" and cap not in (1, 2, 3, 4, 5):
         raise ValueError(f"corpus '{name}': option caption must be 1..5 or 'all', not {cap!r}")

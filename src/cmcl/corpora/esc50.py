@@ -11,7 +11,7 @@ from cmcl.corpora.media import Reader, need, readable, stream, take_options
 TEMPLATES = ["{}", "the sound of {}.", "a recording of {}."]
 
 
-@register_adapter("esc50")
+@register_adapter("esc50", options={"test_fold": 5})
 def esc50(name: str, path: Path, **options):
     """ESC-50: 2,000 five-second clips, 50 classes, 5 folds; one fold is the test split.
 
@@ -27,7 +27,7 @@ def esc50(name: str, path: Path, **options):
     Sample: id = file stem, label = `target`, modalities audio (.wav bytes) and text (the
     category made readable, e.g. "crying baby"). Classes are the categories in target order.
     """
-    opts = take_options(name, "esc50", options, {"test_fold": 5})
+    opts = take_options(name, "esc50", options)
     meta = need(name, path / "meta" / "esc50.csv")
     with open(meta, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

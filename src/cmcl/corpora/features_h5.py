@@ -243,7 +243,7 @@ def import_features(h5_path: str | Path, modalities: Sequence[str], out_dir: str
 
 def resolve(name: str, path: Path, options: Mapping) -> dict:
     """The adapter's options with dataset/encoder/labels filled in; errors name the corpus."""
-    opts = take_options(name, "features_h5", options, DEFAULTS)
+    opts = take_options(name, "features_h5", options)
     mods = opts["modalities"]
     if not opts["encoder"] or not isinstance(mods, list) or len(mods) < 2:
         raise ValueError(f"corpus '{name}': adapter features_h5 needs the options `encoder` "
@@ -279,7 +279,7 @@ def import_task(task: Mapping, corpus: Mapping, split: str, out_dir: str | Path,
         max_per_class=max_per_class, encoder=f"precomputed:{opts['encoder']}", corpus=name)
 
 
-@register_adapter("features_h5")
+@register_adapter("features_h5", options=DEFAULTS)
 def features_h5(name: str, path: Path, **options):
     """Samples from the authors' HDF5 files: one `.npy` payload (a [d] row) per modality.
 

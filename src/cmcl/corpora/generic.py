@@ -195,7 +195,7 @@ def generic(name: str, path: Path, **options):
     `verify: false` copies the bytes unread, faster for trusted data; a bad file then only
     fails in `embed`, named by its shard member, and cannot be skipped."""
 
-    opts = take_options(name, "generic", options, {})
+    opts = take_options(name, "generic", options)
     f = manifest_file(path)
     rows, where = read_rows(f)
     if not rows:

@@ -25,7 +25,7 @@ def llvip(name: str, path: Path, **options):
     (visible) and thermal (infrared). Every visible image needs its infrared partner with the
     same name: a missing one is an error.
     """
-    opts = take_options(name, "llvip", options, {})
+    opts = take_options(name, "llvip", options)
     if not (path / "visible").is_dir() and (path / "LLVIP" / "visible").is_dir():
         path = path / "LLVIP"
     splits = [s for s in ("train", "test") if (path / "visible" / s).is_dir()]

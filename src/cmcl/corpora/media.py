@@ -22,14 +22,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from cmcl.corpora import Sample, SampleFactory, disjoint_splits
+from cmcl.corpora import ADAPTER_OPTIONS, Sample, SampleFactory, disjoint_splits
+from cmcl.corpora import COMMON_OPTIONS as COMMON
 
 log = logging.getLogger("cmcl.corpora")
 
 IMAGE_EXT = frozenset({"png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"})
 AUDIO_EXT = frozenset({"wav", "flac", "ogg", "mp3"})
 VIDEO_EXT = frozenset({"mp4", "avi", "mkv", "webm", "mov"})
-COMMON = {"verify": True, "on_error": "raise"}
 
 
 # `<_io.BytesIO object at 0x7f...>`: PIL names the stream it read, which tells the user nothing
@@ -55,10 +55,10 @@ class MissingFile(SampleError, FileNotFoundError):
     """A file named by the dataset's metadata is not on disk."""
 
 
-def take_options(corpus: str, adapter: str, options: Mapping[str, Any],
-                 defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults overlaid with the user's options; an unknown key or bad common value is refused."""
-    known = {**COMMON, **defaults}
+def take_options(corpus: str, adapter: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The adapter's registered defaults overlaid with the user's options; an unknown key or a
+    bad common value is refused."""
+    known = {**COMMON, **ADAPTER_OPTIONS[adapter]}
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"corpus '{corpus}': unknown option(s) {unknown} for adapter "

@@ -42,7 +42,7 @@ def nyudv2(name: str, path: Path, **options):
     Sample: id = file stem, no label, modalities image (RGB bytes) and depth (PNG bytes).
     Every RGB file needs its depth partner: a missing one is an error.
     """
-    opts = take_options(name, "nyudv2", options, {})
+    opts = take_options(name, "nyudv2", options)
     splits = [s for s in ("train", "test") if (path / s / "rgb").is_dir()]
     if not splits:
         raise FileNotFoundError(f"corpus '{name}': no {path}/train/rgb or {path}/test/rgb folder")

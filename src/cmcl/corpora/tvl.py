@@ -44,7 +44,7 @@ def _release(name: str, path: Path, subsets: list[str]) -> list[tuple]:
     return out
 
 
-@register_adapter("tvl")
+@register_adapter("tvl", options={"subsets": SUBSETS})
 def tvl(name: str, path: Path, **options):
     """TVL: paired camera image, tactile (GelSight/DIGIT) image and a touch caption.
 
@@ -68,7 +68,7 @@ def tvl(name: str, path: Path, **options):
     no label (instance retrieval); modalities image (vision), tactile (image bytes) and text
     (the caption, whitespace-trimmed; an empty caption means the sample has no text).
     """
-    opts = take_options(name, "tvl", options, {"subsets": SUBSETS})
+    opts = take_options(name, "tvl", options)
     single = (path / "tvl.csv").is_file()
     rows = _one_csv(name, path) if single else _release(name, path, list(opts["subsets"]))
     reader = Reader(name, path, opts["verify"])

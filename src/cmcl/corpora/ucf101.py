@@ -10,7 +10,7 @@ from cmcl.corpora.media import Reader, need, readable, stream, take_options
 TEMPLATES = ["{}", "a video of a person {}.", "a demonstration of a person {}."]
 
 
-@register_adapter("ucf101")
+@register_adapter("ucf101", options={"split": 1})
 def ucf101(name: str, path: Path, **options):
     """UCF101 in its official layout; one of the three official train/test splits.
 
@@ -33,7 +33,7 @@ def ucf101(name: str, path: Path, **options):
     video (.avi bytes) and text (the class name, e.g. "apply eye makeup", as the DNS authors'
     text side). Class names are the folder names made readable; prompts use TEMPLATES.
     """
-    opts = take_options(name, "ucf101", options, {"split": 1})
+    opts = take_options(name, "ucf101", options)
     if opts["split"] not in (1, 2, 3):
         raise ValueError(f"corpus '{name}': option split must be 1, 2 or 3 (official UCF101 "
                          f"splits), not {opts['split']!r}")

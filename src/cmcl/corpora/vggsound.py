@@ -60,7 +60,7 @@ def _subset(rows: list[dict], opts: dict, rng: np.random.Generator) -> list[dict
     return rows
 
 
-@register_adapter("vggsound")
+@register_adapter("vggsound", options=DEFAULTS)
 def vggsound(name: str, path: Path, **options):
     """VGGSound clips (10 s YouTube videos with sound, 309 classes) or a seeded subset of them.
 
@@ -85,7 +85,7 @@ def vggsound(name: str, path: Path, **options):
     Sample: id = `<ytid>_<start:06d>`, label = index into the sorted kept class names,
     modalities video, audio, text (the label name).
     """
-    opts = take_options(name, "vggsound", options, DEFAULTS)
+    opts = take_options(name, "vggsound", options)
     reader = Reader(name, path, opts["verify"])
     rows = _rows(name, need(name, path / "vggsound.csv"))
     if opts["skip_missing"]:
