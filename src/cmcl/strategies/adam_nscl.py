@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, log_range, register
 from cmcl.strategies.bases.null_space import NullSpaceProjection
 from cmcl.subspace import THRESHOLD_MODES, Projector, spectrum, threshold_rules
@@ -73,7 +74,7 @@ class AdamNSCL(NullSpaceProjection):
     # the null-space threshold a (relative to the largest eigenvalue)
     space = {"a": log_range(1e-6, 0.3), "train.lr": LR}
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.a = float(self.opts["a"])
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from cmcl.losses import info_nce
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, TaskContext, log_range, register
 from cmcl.strategies.co2l import CO2L_OPTIONS, Co2L
 
@@ -50,7 +51,7 @@ class CILA(Co2L):
                           "ird_past_temperature")
     salt = 505
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.history: list[dict] = []  # per past task: mean contrastive and distillation loss
         self.weight = float(self.opts["base_weight"])

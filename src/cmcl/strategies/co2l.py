@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from cmcl.io import read_json, write_json
 from cmcl.models import MultiHead
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.helpers.replay import ReservoirBuffer, step_generator
 
@@ -112,7 +113,7 @@ class Co2L(Strategy):
     first_step_ignores = ("ird_weight", "ird_current_temperature", "ird_past_temperature")
     salt = 404
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.buffer = self.empty_buffer()
         self.gen = step_generator(self.salt)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from cmcl.io import load_tensors, read_json, save_tensors, write_json
 from cmcl.losses import info_nce
 from cmcl.models import MultiHead
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.helpers.adapters import Adapters
 from cmcl.strategies.helpers.replay import step_generator
@@ -88,7 +89,7 @@ class COMM(Strategy):
     # options that shape the saved state: a reloaded state must have been built with them
     _saved = ("modality_identity", "pool_size", "rank", "router_hidden")
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.reset()
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, TaskContext, log_range, register
 from cmcl.strategies.bases.null_space import NullSpaceProjection
 from cmcl.subspace import THRESHOLD_MODES, Projector, threshold_rules
@@ -74,7 +75,7 @@ class DNS(NullSpaceProjection):
     PLACEMENTS = {"exact": "update", "faithful": "gradient", "rotated": "rotated"}
     output_side = True
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         p = self.opts
         self.sides = p["sides"]

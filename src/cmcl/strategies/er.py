@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cmcl.models import MultiHead
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, Strategy, TaskContext, choice, log_range, register
 from cmcl.strategies.helpers.replay import ReservoirBuffer, replay_loss, step_generator
 
@@ -49,7 +50,7 @@ class ER(Strategy):
     store_embeddings = False
     salt = 101  # separates this method's random streams from the data loader's
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.buffer = self.empty_buffer()
         self.gen = step_generator(self.salt)

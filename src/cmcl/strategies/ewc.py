@@ -17,6 +17,7 @@ import torch
 from cmcl.io import load_tensors, read_json, save_tensors, write_json
 from cmcl.losses import info_nce
 from cmcl.models import MultiHead
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 from cmcl.strategies.helpers.replay import step_generator
 
@@ -40,7 +41,7 @@ class EWC(Strategy):
     space = {"lambda": log_range(1.0, 1e5),
              "gamma": {"type": "float", "low": 0.5, "high": 1.0}, "train.lr": LR}
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}

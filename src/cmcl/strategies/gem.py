@@ -21,6 +21,7 @@ import torch
 from scipy.optimize import nnls
 
 from cmcl.models import MultiHead
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, Strategy, TaskContext, choice, register
 from cmcl.strategies.helpers.replay import EpisodicMemory, ReplayBatch, replay_loss, step_generator
 
@@ -51,7 +52,7 @@ class _Episodic(Strategy):
 
     salt = 404
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.memory = EpisodicMemory(self.opts["memory_per_task"])
         self.gen = step_generator(self.salt)

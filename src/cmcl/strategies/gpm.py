@@ -38,6 +38,7 @@ side. GPM's own part is its options and its kept-energy input projector.
 
 from __future__ import annotations
 
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, register
 from cmcl.strategies.bases.null_space import NullSpaceProjection
 from cmcl.subspace import THRESHOLD_MODES, Projector, threshold_rules
@@ -63,7 +64,7 @@ class GPM(NullSpaceProjection):
     # the kept-energy threshold (GPM tunes it per layer, 0.97-0.99+; one value here)
     space = {"threshold": {"type": "float", "low": 0.5, "high": 0.9999}, "train.lr": LR}
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.threshold = float(self.opts["threshold"])
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cmcl.io import read_json, write_json
 from cmcl.models import MultiHead
+from cmcl.settings import StepConfig
 from cmcl.strategies import LR, Strategy, TaskContext, log_range, register
 
 
@@ -58,7 +59,7 @@ class LwF(Strategy):
     # the distillation weight and temperature (LwF's λ_o and T)
     space = {"alpha": log_range(0.1, 10.0), "temperature": log_range(0.5, 8.0), "train.lr": LR}
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.tasks: list[str] = []
         self.seen: list[str] = []

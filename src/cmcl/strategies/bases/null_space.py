@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from cmcl.models import MultiHead
+from cmcl.settings import StepConfig
 from cmcl.strategies import Strategy, TaskContext
 from cmcl.subspace import (
     FactoredGradients,
@@ -55,7 +56,7 @@ class NullSpaceProjection(Strategy):
     # forward hook instead (the reference the tests compare against)
     per_task_inputs: bool = True
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: StepConfig | dict) -> None:
         super().__init__(cfg)
         self.placement, self.mode = self.opts["placement"], self.opts["threshold_mode"]
         self.proj: dict[str, tuple[Projector, Projector]] = {}  # m -> (P_out, P_in)
