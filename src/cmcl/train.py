@@ -224,6 +224,12 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: StepConfig | dict, part
     custom = acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
     place = [acc.device_placement and acc.distributed_type != DistributedType.FSDP,
              *[None] * (1 + len(loaders))] if custom else None
+    # DDP reduces the gradient of every parameter that requires one and waits for all of them;
+    # a task trains only its modalities' heads, so the others sit out of this task's wrapper
+    idle = [p for m, h in model.heads.items() if m not in mods for p in h.parameters()
+            if p.requires_grad] if acc.num_processes > 1 else []
+    for p in idle:
+        p.requires_grad_(False)
     wrapped, opt, *loaders = acc.prepare(model, opt, *loaders, device_placement=place)
     if acc.scaler is None and acc.distributed_type != DistributedType.XLA:
         # the wrapper only adds loss scaling and XLA syncing, yet looks up an optional package
@@ -306,6 +312,8 @@ def fit_tasks(model: MultiHead, strategy: Strategy, cfg: StepConfig | dict, part
                 save_checkpoint(acc, resume.root, strategy, at, epoch_gen)
         losses.append(total / max(n, 1))
     wrapped.eval()
+    for p in idle:
+        p.requires_grad_(True)
     for ctx in ctxs:
         ctx.batch = None
         strategy.after_task(ctx)

@@ -49,8 +49,12 @@ def chain(tmp_path_factory):
         task = {**TASK, "name": name, "classes": classes}
         shard_task(task, {"path": str(corpus)}, "train", d / f"s_{name}")
         embed_split(d / f"s_{name}", d / f"f_{name}", {"image": "pixels", "audio": "mfcc_stats"})
+    # a text head no task here trains, as in any sequence of more than two modalities
+    text = {"name": "ti", "corpus": "c", "modalities": ["text", "image"], "classes": [0]}
+    shard_task(text, {"path": str(corpus)}, "train", d / "s_ti")
+    embed_split(d / "s_ti", d / "f_ti", {"text": "minilm", "image": "pixels"})
     for method in ("finetune", "dns", "derpp"):
-        init_step(CFG, method, 1, [d / "f_lo"], d / f"{method}0")
+        init_step(CFG, method, 1, [d / "f_lo", d / "f_ti"], d / f"{method}0")
         train_step(CFG, method, 1, 1, {**TASK, "name": "lo"}, d / "f_lo", d / f"{method}0",
                    d / f"{method}1")
     return d
