@@ -157,6 +157,11 @@ def init_step(cfg: StepConfig | dict, method: str, seed: int, feature_dirs: list
                 raise ValueError(f"{d}/meta.json: modality '{m}' has dim {dim}, another task "
                                  f"has {in_dims[m]}: one encoder per modality is required")
     cfg = StepConfig.of(cfg)  # a partial dict (library callers): the schema's defaults
+    odd = {m: d for m, d in in_dims.items() if d != cfg.model.embed_dim}
+    if cfg.model.init == "identity" and odd:  # else reset() would fall back to random rows
+        raise ValueError(f"model.init identity starts each head as the identity, which needs "
+                         f"model.embed_dim ({cfg.model.embed_dim}) equal to the features' dim; "
+                         f"{odd} differ: set model.embed_dim to it or model.init: orthogonal")
     model = new_model(cfg.model, in_dims, seed)
     base = cfg.method or method  # a variant names the method it runs
     with atomic_dir(out_dir) as tmp:

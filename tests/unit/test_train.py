@@ -125,3 +125,21 @@ def test_lr_factor_equals_transformers_get_scheduler():
                     opt.param_groups[0]["lr"], abs=1e-12), (name, warmup, step)
                 opt.step()
                 sched.step()
+
+
+def test_identity_init_needs_square_heads(tmp_path):
+    """model.init identity with features of another dim than embed_dim is refused, naming
+    them, instead of falling back to random rows (the untrained row would not be the encoder)."""
+    import json
+
+    import pytest
+
+    from cmcl.train import init_step
+
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f/meta.json").write_text(json.dumps({"dims": {"text": 8, "audio": 6}}))
+    cfg = {"model": {"embed_dim": 8, "init": "identity"}}
+    with pytest.raises(ValueError, match=r"model\.init identity .* \{'audio': 6\} differ"):
+        init_step(cfg, "finetune", 1, [tmp_path / "f"], tmp_path / "step0")
+    assert not (tmp_path / "step0").exists()
+    init_step({"model": {"embed_dim": 8}}, "finetune", 1, [tmp_path / "f"], tmp_path / "step0")
