@@ -132,8 +132,6 @@ def test_identity_init_needs_square_heads(tmp_path):
     them, instead of falling back to random rows (the untrained row would not be the encoder)."""
     import json
 
-    import pytest
-
     from cmcl.train import init_step
 
     (tmp_path / "f").mkdir()
