@@ -122,7 +122,9 @@ def repair_hint(path: str | os.PathLike) -> str:
     """How to get a good copy back: from DVC's cache when the out is cached, else rerun."""
     path = Path(path)
     artifact = path.parent if path.parent.name != "state" else path.parent.parent
-    rerun = f"delete {artifact} and rerun `snakemake` (it rebuilds that folder)"
+    # naming the folder: plain `snakemake` rebuilds no missing folder whose dependants exist
+    rerun = (f"delete {artifact} and run `snakemake --cores all {artifact}` (it rebuilds that "
+             "folder; the next `snakemake` reruns what depends on it)")
     try:
         import yaml
 

@@ -143,7 +143,8 @@ def test_verify_lists_damaged_artifacts_and_the_repair(chain, capsys):
     for f in ("step1/state/subspace.safetensors", "step0/model.safetensors"):
         assert re.search(rf"DAMAGED {re.escape(str(chain / f))}: sha256 [0-9a-f]{{64}}, "
                          r"recorded [0-9a-f]{64}", out), out
-    assert f"  {chain / 'step1'}: delete {chain / 'step1'} and rerun `snakemake`" in out
+    assert f"  {chain / 'step1'}: delete {chain / 'step1'} and run `snakemake --cores all " \
+           f"{chain / 'step1'}`" in out
     assert "2 damaged file(s)" in out
     with pytest.raises(SystemExit):  # one file: its artifact
         main(["verify", str(chain / "step0/model.safetensors")])

@@ -58,6 +58,7 @@ def test_repair_hint_names_dvc_checkout_for_cached_outs(tmp_path, monkeypatch):
         "      - data/features:\n          cache: false\n")
     hint = repair_hint("results/runs/s/dns/seed1/step2/state/subspace.safetensors")
     assert hint.startswith("`dvc checkout results/runs`")
-    assert "delete results/runs/s/dns/seed1/step2 and rerun" in hint
+    assert "delete results/runs/s/dns/seed1/step2 and run `snakemake --cores all " \
+           "results/runs/s/dns/seed1/step2`" in hint
     assert repair_hint("data/features/t/train/000000.tar").startswith(
-        "delete data/features/t/train and rerun")
+        "delete data/features/t/train and run `snakemake --cores all data/features/t/train`")
