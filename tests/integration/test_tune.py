@@ -258,3 +258,23 @@ def test_adopting_tuned_values_restarts_no_study(setup):
             study_name(tune_cfg(before, "s", method)), method
         assert stages.tune(tuned, "s", method).params() == \
             stages.tune(before, "s", method).params(), method
+
+
+def test_committed_journals_name_the_studies_the_code_runs():
+    """pipeline/params/tuned/journals/<seq>/<m>.log.gz hold the studies `snakemake tune` opens
+    (same name: same trial identity), so unpacking them rebuilds the tuned file without a
+    trial; a change that renames studies must re-tune and commit new journals."""
+    import gzip
+    import json
+
+    from cmcl import stages
+    from cmcl.config import load
+    from cmcl.schema import complete
+
+    p = load(ROOT / "params.yaml")
+    folder = ROOT / "pipeline/params/tuned/journals/digits"
+    for m in p["train"]["methods"]:
+        with gzip.open(folder / f"{m}.log.gz", "rt") as f:
+            created = json.loads(f.readline())
+        cfg = complete(json.loads(stages.tune(p, "digits", m).params()))
+        assert created["study_name"] == study_name(cfg), m
