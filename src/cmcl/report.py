@@ -223,7 +223,8 @@ def _trivial_recall(tasks: Sequence[Mapping], widest: str | None) -> str:
 
 
 def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
-                       means: dict[str, np.ndarray], main_metric: str, has_zs: bool) -> list[str]:
+                       means: dict[str, np.ndarray], main_metric: str,
+                       zs_tasks: Sequence[str]) -> list[str]:
     names = [t["name"] for t in tasks]
     out = [f"## Sequence `{seq}`", "", "### Tasks", ""]
     sizes = any("pairs" in t for t in tasks)
@@ -241,6 +242,7 @@ def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
         [f"BWT_R{widest[1:]}"] if widest else [])
     keys = [f"{main_metric}_final_avg", f"{main_metric}_bwt",
             *(f"{r}_final_avg" for r in recalls)] + ([f"{widest}_bwt"] if widest else [])
+    has_zs = bool(zs_tasks)
     if has_zs:
         header.append("ZS-Acc")
         keys.append("zs_acc_final_avg")
@@ -258,6 +260,9 @@ def _markdown_sequence(seq: str, tasks: Sequence[Mapping], metrics: dict,
         f"directions)" + (f", BWT_R{widest[1:]} the backward transfer of R@{widest[1:]}"
                           if widest else "")
         + (", ZS-Acc the final average zero-shot accuracy" if has_zs else "")
+        + (f" over the {len(zs_tasks)} of {len(names)} tasks with class prompts "
+           f"({', '.join(zs_tasks)}; the others have no class names or prompt features)"
+           if has_zs and len(zs_tasks) < len(names) else "")
         + f". Values in percent, mean ± std over {seed_text}." + _trivial_recall(tasks, widest),
         "", "### Figures", "",
         f"![Stability vs plasticity](plots/{seq}/stability_plasticity.png)", "",
@@ -398,8 +403,9 @@ def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
         _plot_stability(p_df, main_metric, plots / "stability_plasticity.png")
         curves.append(c_df.assign(sequence=seq))
         points.append(p_df.assign(sequence=seq))
+        zs = set(rows.loc[rows["metric"] == "zs_acc", "eval_task"])
         text += _markdown_sequence(seq, tasks, m, means, main_metric,
-                                   bool((rows["metric"] == "zs_acc").any()))
+                                   [n for n in names if n in zs])
         text += _markdown_how(seq, list(m), main_metric, resources, tuning)
     _save_csv(pd.concat(curves, ignore_index=True), out_dir / "plots" / "scores_over_steps.csv")
     _save_csv(pd.concat(points, ignore_index=True),

@@ -185,3 +185,10 @@ def test_relevance_left_to_its_default_is_reported_as_evaluation_applies_it(tmp_
     rows = {line.split(" | ")[1]: line for line in (tmp_path / "report.md").read_text()
             .splitlines() if " | sample | " in line or " | class | " in line}
     assert "label-aware" in rows["esc"] and "instance" in rows["coco"], rows
+
+
+def test_zs_acc_says_which_tasks_it_averages_when_not_all_have_prompts(built):
+    out, _ = built
+    text = (out / "report.md").read_text()
+    assert "ZS-Acc the final average zero-shot accuracy over the 1 of 3 tasks with class " \
+           "prompts (esc;" in text
