@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from cmcl.io import atomic_path, write_json
 from cmcl.metrics import accuracy_matrix, continual_metrics
 from cmcl.report_tuning import markdown_resources, markdown_tuning
-from cmcl.settings import ReportSettings, relevance
+from cmcl.settings import LossSettings, ReportSettings, relevance
 from cmcl.tuning import read_tuned
 
 REQUIRED_COLUMNS = ("sequence", "run", "method", "seed", "step", "eval_task", "metric", "value")
@@ -354,12 +354,38 @@ def _markdown_variants(variants: Mapping[str, Mapping]) -> list[str]:
         ["Variant", "Method", "Options and train settings", "Description"], rows) + [""]
 
 
+def _markdown_settings(s: Mapping) -> list[str]:
+    """The settings every number below was obtained with (cmcl.stages.run_settings)."""
+    def kv(d: Mapping) -> str:
+        return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in d.items())
+
+    loss = LossSettings.of(s["loss"])
+    out = ["## Settings", "",
+           f"- Model: {kv(s['model'])}.",
+           f"- Loss: InfoNCE, {kv(loss.nce())} (preset {loss.preset}).",
+           "- Encoders (frozen): " + ", ".join(f"{m} `{e}`" for m, e in s["encoders"].items())
+           + (f"; tasks {', '.join(s['imported'])} use imported features (features_h5)"
+              if s.get("imported") else "") + ".",
+           f"- Training, shared: {kv(s['train'])}."]
+    if s.get("methods"):
+        out += ["- A method's own training settings (overrides, variants, tuned lr), which win: "
+                + "; ".join(f"{m} {kv(d)}" for m, d in s["methods"].items()) + "."]
+    out += [f"- Tuned values: `{s['tuned']}` (methods' options and lr; see each sequence's "
+            "tuning record)." if s.get("tuned") else "- Tuned values: none (schema and "
+            "params defaults)."]
+    return out + [""]
+
+
 def _markdown_how(seq: str, methods: list[str], main_metric: str,
                   resources: Mapping | None, tuning: Mapping | None) -> list[str]:
     """The tuning record (when the run uses a file tuned on this sequence) and resources."""
     out = []
     if tuning and tuning.get("sequence") == seq:
         out += markdown_tuning(tuning, methods, main_metric)
+    elif tuning:
+        out += [f"Methods' options and lr come from the tuned file, tuned on sequence "
+                f"`{tuning.get('sequence')}`, not on `{seq}`.", ""]
     if resources and seq in resources:
         out += markdown_resources(resources[seq], methods)
     return out
@@ -369,7 +395,8 @@ def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
                  out_dir: str | Path, main_metric: str = "map",
                  variants: Mapping[str, Mapping] | None = None,
                  resources: Mapping | None = None, tuning: Mapping | None = None,
-                 metric_names: Sequence[str] | None = None) -> dict:
+                 metric_names: Sequence[str] | None = None,
+                 settings: Mapping | None = None) -> dict:
     """Write metrics.json, plots/ and report.md under out_dir; return the metrics dict.
 
     `metric_names`: the per-task scores to summarise (cmcl.stages.metric_names: R@k for each
@@ -416,6 +443,8 @@ def build_report(df: pd.DataFrame, sequences: Mapping[str, Sequence[Mapping]],
         head += _markdown_overview(metrics, main_metric)
     if variants:
         head += _markdown_variants(variants)
+    if settings:
+        head += _markdown_settings(settings)
     md = "\n".join(head + text)
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(md + "\n")
@@ -476,7 +505,8 @@ def report_from_files(cfg: Mapping, evals: Sequence[str | Path], features: Seque
     try:
         main = ReportSettings.of(cfg.get("report")).main_metric
         return build_report(df, sequences, out, main,
-                            cfg.get("variants"), used, tuning, cfg.get("metrics"))
+                            cfg.get("variants"), used, tuning, cfg.get("metrics"),
+                            cfg.get("settings"))
     except BaseException:  # e.g. disk full: no half report (CSVs, figures) of this run stays
         for p in out.rglob("*"):
             if p.is_file() and before.get(p) != p.stat().st_mtime_ns:

@@ -169,9 +169,26 @@ def check(params: Mapping) -> Stage:
     return Stage("check", {"fingerprints": runs, "metrics": checked_metrics(params)})
 
 
+def run_settings(params: Mapping) -> dict:
+    """What the report states the numbers were obtained with: model, loss, encoders (or
+    imported features), the shared train settings, each method's own, the tuned file."""
+    skip = {*MATRIX, *CHECKPOINTS}  # the matrix itself; how often a step saves
+    shared = {k: v for k, v in params["train"].items() if f"train.{k}" not in skip}
+    own = {m: {k: v for k, v in method_params(params, m)["train"].items()
+               if f"train.{k}" not in skip and shared.get(k) != v}
+           for m in params["train"]["methods"]}
+    used = {t for names in params["sequences"].values() for t in names}
+    return {"model": params["model"], "loss": params["loss"], "train": shared,
+            "methods": {m: d for m, d in own.items() if d}, "tuned": params.get("tuned"),
+            "encoders": params["embed"]["encoders"],
+            "imported": sorted(t for t in used if imported(params, t))}
+
+
 def report(params: Mapping) -> Stage:
-    """The report: sequences, metric names (from eval.ks) and what each variant sets."""
+    """The report: sequences, metric names (from eval.ks), the settings behind the numbers
+    and what each variant sets."""
     cfg: dict = {"report": params["report"], "metrics": metric_names(params),
+                 "settings": run_settings(params),
                  "sequences": {s: [task_spec(params, t) for t in names]
                                for s, names in params["sequences"].items()}}
     variants = {v: {"method": spec["method"], "description": spec.get("description", ""),

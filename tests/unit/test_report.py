@@ -192,3 +192,16 @@ def test_zs_acc_says_which_tasks_it_averages_when_not_all_have_prompts(built):
     text = (out / "report.md").read_text()
     assert "ZS-Acc the final average zero-shot accuracy over the 1 of 3 tasks with class " \
            "prompts (esc;" in text
+
+
+def test_settings_section_lists_what_the_numbers_come_from(tmp_path):
+    settings = {"model": {"embed_dim": 64}, "loss": {"preset": "paper"},
+                "train": {"epochs": 2, "lr": 0.01}, "methods": {"dns": {"lr": 0.0303}},
+                "tuned": None, "encoders": {"text": "precomputed:imagebind"},
+                "imported": ["coco"]}
+    build_report(_synthetic(), {"s": TASKS}, tmp_path, settings=settings)
+    text = (tmp_path / "report.md").read_text()
+    assert "- Loss: InfoNCE, temperature 1, normalize False, symmetric False (preset paper)." \
+        in text
+    assert "tasks coco use imported features" in text and "dns lr 0.0303" in text
+    assert "- Tuned values: none" in text

@@ -94,3 +94,15 @@ def test_the_stage_layer_loads_without_torch():
 
     code = "import sys, cmcl.stages, cmcl.config\nassert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_report_states_the_settings_behind_the_numbers():
+    """run_settings: shared train settings without the matrix, each method's own (the tuned
+    lr), encoders and the tuned file, so a report says how its numbers were obtained."""
+    p = load(ROOT / "params.yaml")
+    s = stages.report(p).values["settings"]
+    assert not {"methods", "seeds", "checkpoint_every"} & set(s["train"])
+    lr = stages.method_params(p, "dns")["train"]["lr"]
+    assert s["methods"]["dns"]["lr"] == lr != s["train"]["lr"]
+    assert s["tuned"] == p["tuned"] and s["encoders"] == p["embed"]["encoders"]
+    assert s["imported"] == []
