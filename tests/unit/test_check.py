@@ -58,6 +58,7 @@ def test_deliberate_params_change_is_not_checked(recorded):
     assert fingerprint(over, seq, "finetune") == fingerprint(params, seq, "finetune")
     broken = {seq: {**metrics[seq], "dns": dict(metrics[seq]["finetune"])}}
     assert run_check(write(d / "m.json", broken), changed, d / "expected.yaml", d / "c.json")
+    assert json.loads((d / "c.json").read_text())["checked"] == 0  # ok, and says it checked none
     rows = json.loads((d / "c.json").read_text())["rows"]
     assert all(r["status"].startswith("not checked") for r in rows)
 
