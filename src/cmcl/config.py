@@ -137,13 +137,17 @@ def _problems(params: dict, schema: Mapping) -> list[str]:
         for e in jsonschema.Draft202012Validator(train_schema).iter_errors(merged):
             problems.append(f"overrides.{m}.train.{_path(e)}: {message(e)}")
         problems += _warmup_problems(f"overrides.{m}.train", merged)
+    # only a corpus some sequence's task reads must exist (cutting a paper chain to a few
+    # tasks leaves the others' folders out)
+    used = {params["tasks"][t]["corpus"] for names in params["sequences"].values()
+            for t in names if t in params["tasks"]}
     adapters = adapter_names()
     for name, c in params["corpora"].items():
         if c["adapter"] not in adapters:
             problems.append(f"corpora.{name}.adapter: '{c['adapter']}' is not a corpus adapter "
                             f"({adapters}); an adapter is a module of cmcl/corpora declaring "
                             "@register_adapter(\"<name>\")")
-        if not c.get("builtin") and not Path(c["path"]).is_dir():
+        if not c.get("builtin") and not Path(c["path"]).is_dir() and name in used:
             problems.append(f"corpora.{name}.path: folder '{c['path']}' does not exist "
                             "(and no `builtin` corpus is named to create it)")
     problems += task_class_problems(params)  # names -> indices; out-of-range refused

@@ -381,3 +381,14 @@ def test_an_adapter_option_it_does_not_take_is_refused_at_startup(corpus):
     with pytest.raises(ParamsError, match=r"options\.fold: not an option of adapter 'esc50'.*"
                                           r"'test_fold'"):
         check(p)
+
+
+def test_only_corpora_a_sequence_reads_must_exist(tmp_path):
+    """Cutting a chain to some tasks leaves the other corpora's folders out."""
+    p = params()
+    p["corpora"]["elsewhere"] = {"path": str(tmp_path / "absent")}
+    p["tasks"]["unused"] = {"corpus": "elsewhere", "modalities": ["text", "image"]}
+    assert "elsewhere" in check(p)["corpora"]
+    p["sequences"]["more"] = ["unused"]
+    with pytest.raises(ParamsError, match=r"corpora\.elsewhere\.path: folder .* does not exist"):
+        check(p)
