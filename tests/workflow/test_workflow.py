@@ -173,6 +173,9 @@ def test_bad_params_fail_before_any_job(project, tmp_path):
     ):
         params = tiny_params()
         params[key[0]][key[1]] = value
+        if key[0] == "corpora":  # a corpus must exist once a sequence's task reads it
+            params["tasks"]["tm"] = {"corpus": "mine", "modalities": ["text", "image"]}
+            params["sequences"]["extra"] = ["tm"]
         cfg = tmp_path / "bad.yaml"
         cfg.write_text(yaml.safe_dump(params))
         p = run([f"{BIN}/snakemake", "-n", "--configfile", str(cfg)], project, check=False)
