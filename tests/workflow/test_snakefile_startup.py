@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers.data import ROOT
+from helpers.snake import snakemake
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +23,6 @@ def mini(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "pipeline", d / "pipeline")
     shutil.copy(ROOT / "params.yaml", d / "params.yaml")
     return d
-
-
-def snakemake(d: Path, *args: str) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    p = subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args], cwd=d,
-                       env=env, capture_output=True, text=True, timeout=600)
-    p.out = p.stdout + p.stderr  # Snakemake logs errors on stdout
-    return p
 
 
 def test_snakemake_refuses_rules_duplicate_keys_and_bad_yaml_at_startup(mini, tmp_path):

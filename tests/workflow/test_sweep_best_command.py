@@ -7,25 +7,13 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import optuna
 import yaml
 from helpers.data import ROOT
+from helpers.snake import snakemake
 
 from cmcl.sweep import write_best
-
-
-def snakemake(d: Path, *args: str) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    p = subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args], cwd=d,
-                       env=env, capture_output=True, text=True, timeout=600)
-    p.out = p.stdout + p.stderr  # Snakemake logs errors on stdout
-    return p
 
 
 def test_best_yaml_command_plans_the_sweep_files_matrix_with_the_best_values(tmp_path):
