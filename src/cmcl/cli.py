@@ -179,10 +179,15 @@ def cmd_compare(a) -> None:
             and any(k.startswith(f"{m}_") for m in wanted)]
     la, lb = f"{a.a}", f"{a.b}" + (f" ({a.metrics_b})" if a.metrics_b else "")
     print(f"{'metric':26s} {la:>18s} {lb:>18s} {'B - A':>8s}")
+    def cell(e: dict, k: str) -> str:  # one seed has no spread: no "± 0.00"
+        if e[k] is None:
+            return "n/a"
+        spread = f" ± {e.get(k + '_std') or 0:.2f}" if e.get("n_seeds", 2) > 1 else ""
+        return f"{e[k]:.2f}{spread}"
+
     for k in keys:
         va, vb = ea[k], eb[k]
-        sa = "n/a" if va is None else f"{va:.2f} ± {ea.get(k + '_std') or 0:.2f}"
-        sb = "n/a" if vb is None else f"{vb:.2f} ± {eb.get(k + '_std') or 0:.2f}"
+        sa, sb = cell(ea, k), cell(eb, k)
         diff = "" if va is None or vb is None else f"{vb - va:+.2f}"
         print(f"{k:26s} {sa:>18s} {sb:>18s} {diff:>8s}")
 

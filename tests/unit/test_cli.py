@@ -28,6 +28,7 @@ def test_compare_names_a_score_the_metrics_lack(tmp_path, capsys):
     assert main(["compare", "a", "b", "--metrics", str(path)]) == 0
     out = capsys.readouterr().out
     assert "r20_final_avg" in out and "map_final_avg" in out
+    assert "±" not in out  # one seed: no spread to show
 
 
 def test_validate_composes_several_files_as_snakemake_does(tmp_path, monkeypatch, capsys):
