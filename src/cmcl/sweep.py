@@ -32,7 +32,7 @@ from cmcl.settings import EvalConfig, StepConfig
 from cmcl.stages import method_params, sweep_tasks, task_spec  # noqa: F401  (sweep_tasks re-exported)
 from cmcl.strategies import discover, get_strategy
 from cmcl.train import fit_task, fit_tasks, make_accelerator, new_model, step_seed
-from cmcl.tuning import override_of, shared_keys
+from cmcl.tuning import override_of, set_path, shared_keys
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
@@ -48,11 +48,7 @@ def apply(params: Mapping, assignment: Mapping, method: str) -> dict:
     """A copy of params with the assignment's values set (what a trial trains with)."""
     out = copy.deepcopy(dict(params))
     for key, value in assignment.items():
-        node = out
-        *parents, leaf = key_path(key, method)
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_path(out, key_path(key, method), value)
     return out
 
 

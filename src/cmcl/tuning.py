@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -182,18 +183,18 @@ def override_of(method: str, assignment: Mapping) -> dict:
     key (a sweep's loss.temperature) at its own path, which no section holds per method."""
     out: dict = {}
     for key, value in assignment.items():
-        if key.startswith("train."):
-            out.setdefault("overrides", {}).setdefault(method, {}).setdefault(
-                "train", {})[key[6:]] = value
-        elif "." in key:
-            *parents, leaf = key.split(".")
-            node = out
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        else:
-            out.setdefault("methods", {}).setdefault(method, {})[key] = value
+        path = (["overrides", method, "train", key[6:]] if key.startswith("train.")
+                else key.split(".") if "." in key else ["methods", method, key])
+        set_path(out, path, value)
     return out
+
+
+def set_path(tree: dict, path: Sequence[str], value: Any) -> None:
+    """tree[p0][p1]...[leaf] = value, creating the mappings on the way."""
+    *parents, leaf = path
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
 
 
 def shared_keys(assignment: Mapping) -> list[str]:

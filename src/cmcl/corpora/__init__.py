@@ -205,20 +205,22 @@ def register_adapter(name: str, options: Mapping | None = None) -> Callable[[Ada
 DECLARED = re.compile(r'^@register_adapter\("([A-Za-z0-9_]+)"[,)]', re.M)
 
 
+def known_options(adapter: str) -> dict:
+    """Every `options:` key a registered adapter takes, with its default (its own and the
+    common ones): what media.take_options fills and start-up checks against."""
+    return {**COMMON_OPTIONS, **ADAPTER_OPTIONS[adapter]}
+
+
 def adapter_option_problems(params: Mapping) -> list[str]:
     """A corpus's `options:` key its adapter does not take (before any job: only the modules
     of adapters given options are imported, none of which loads torch)."""
-    problems = []
+    problems, modules = [], declared_adapters()
     for name, entry in params["corpora"].items():
         c = CorpusSettings.of(entry)
-        if not c.options:
-            continue
-        for f in Path(__file__).parent.glob("*.py"):
-            if c.adapter in DECLARED.findall(f.read_text(encoding="utf-8")):
-                importlib.import_module(f"{__name__}.{f.stem}")
-        if c.adapter not in ADAPTER_OPTIONS:
+        if not c.options or c.adapter not in modules:
             continue  # an unknown adapter is named by the adapter check
-        known = {**COMMON_OPTIONS, **ADAPTER_OPTIONS[c.adapter]}
+        importlib.import_module(f"{__name__}.{modules[c.adapter]}")
+        known = known_options(c.adapter)
         for key in sorted(set(c.options) - set(known)):
             close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -227,11 +229,16 @@ def adapter_option_problems(params: Mapping) -> list[str]:
     return problems
 
 
-def adapter_names() -> list[str]:
-    """Every adapter a module of this package declares, read from the sources: known at
+def declared_adapters() -> dict[str, str]:
+    """{adapter: the module of this package declaring it}, read from the sources: known at
     start-up without importing them (some load torch or media libraries)."""
-    return sorted({n for f in Path(__file__).parent.glob("*.py")
-                   for n in DECLARED.findall(f.read_text(encoding="utf-8"))})
+    return {n: f.stem for f in sorted(Path(__file__).parent.glob("*.py"))
+            for n in DECLARED.findall(f.read_text(encoding="utf-8"))}
+
+
+def adapter_names() -> list[str]:
+    """Every adapter a module of this package declares (declared_adapters)."""
+    return sorted(declared_adapters())
 
 
 def _register_all() -> None:

@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from cmcl.corpora import ADAPTER_OPTIONS, Sample, SampleFactory, disjoint_splits
-from cmcl.corpora import COMMON_OPTIONS as COMMON
+from cmcl.corpora import Sample, SampleFactory, disjoint_splits, known_options
 
 log = logging.getLogger("cmcl.corpora")
 
@@ -58,7 +57,7 @@ class MissingFile(SampleError, FileNotFoundError):
 def take_options(corpus: str, adapter: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The adapter's registered defaults overlaid with the user's options; an unknown key or a
     bad common value is refused."""
-    known = {**COMMON, **ADAPTER_OPTIONS[adapter]}
+    known = known_options(adapter)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"corpus '{corpus}': unknown option(s) {unknown} for adapter "
